@@ -1,0 +1,1 @@
+//! Helpers shared by the root integration tests (node namespaces, plugin exec).
