@@ -78,6 +78,13 @@ impl MsgBuilder {
         self.attr(ty, &v)
     }
 
+    /// Appends bytes that are already laid out as attributes (or a header plus attributes).
+    pub fn raw(&mut self, bytes: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(bytes);
+        self.pad();
+        self
+    }
+
     /// Opens a nested attribute; close it with `nest_end` and the returned offset.
     pub fn nest_start(&mut self, ty: u16) -> usize {
         let at = self.buf.len();
