@@ -1,6 +1,22 @@
 //! podnet's in-process CNI engine: bridge + host-local IPAM + portmap + masquerade + loopback,
 //! all over netlink (rtnetlink for links, addresses and routes; nf_tables for rules).
 
+pub mod args;
+pub mod config;
 pub mod error;
+pub mod result;
+pub mod ipam;
+pub mod netlink;
+pub mod nft;
+pub mod rtnl;
 
 pub use error::{CniError, ErrorList, Result};
+pub mod attachment;
+pub mod bridge;
+mod dad;
+pub mod engine;
+pub mod loopback;
+pub mod names;
+pub mod portmap;
+pub mod sysctl;
+pub mod plugin;

@@ -91,6 +91,43 @@ impl NlSocket {
         Ok(NlSocket { fd, seq: 1, buf: vec![0u8; RECV_BUF] })
     }
 
+    /// Joins a multicast group (e.g. RTNLGRP_IPV6_IFADDR) to receive its notifications.
+    pub fn join_group(&mut self, group: u32) -> Result<(), NlError> {
+        const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+        // SAFETY: setsockopt with a u32 value that lives across the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                SOL_NETLINK,
+                NETLINK_ADD_MEMBERSHIP,
+                &group as *const _ as *const libc::c_void,
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(NlError::io(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Blocks until a notification arrives or `timeout` passes, then consumes what is queued.
+    /// Returns whether anything arrived.
+    pub fn wait_notification(&mut self, timeout: std::time::Duration) -> Result<bool, NlError> {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(NlError::io(e)) };
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        self.recv()?;
+        Ok(true)
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1).max(1);
         self.seq

@@ -36,6 +36,18 @@ impl Rtnl {
     }
 }
 
+impl Rtnl {
+    /// Subscribes this socket to an rtnetlink multicast group.
+    pub fn subscribe(&mut self, group: u32) -> Result<(), NlError> {
+        self.sock.join_group(group)
+    }
+
+    /// Waits for a notification of a subscribed group (see [`Rtnl::subscribe`]).
+    pub fn wait_event(&mut self, timeout: std::time::Duration) -> Result<bool, NlError> {
+        self.sock.wait_notification(timeout)
+    }
+}
+
 fn family_of(ip: &std::net::IpAddr) -> u8 {
     match ip {
         std::net::IpAddr::V4(_) => libc::AF_INET as u8,

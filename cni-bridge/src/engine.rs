@@ -1,0 +1,202 @@
+//! The engine's entry points: one plugin step (what an exec'd plugin runs), and a whole
+//! network configuration run in-process in the order libcni would exec its plugins.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::args::Command;
+use crate::bridge::BridgePlugin;
+use crate::config::{NetworkConfig, PluginInput};
+use crate::error::{codes, CniError, ErrorList, Result};
+use crate::netlink::NlError;
+use crate::result::{CniResult, Dns};
+use crate::{loopback, portmap};
+
+/// The runtime's side of an invocation: which container, which interface, which namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub netns: Option<&'a Path>,
+    /// CNI_ARGS pairs (`IP=`, `MAC=`, `K8S_POD_NAME=` ...).
+    pub args: &'a [(String, String)],
+}
+
+impl<'a> Request<'a> {
+    pub fn new(container_id: &'a str, ifname: &'a str, netns: Option<&'a Path>) -> Self {
+        Request { container_id, ifname, netns, args: &[] }
+    }
+
+    pub fn with_args(mut self, args: &'a [(String, String)]) -> Self {
+        self.args = args;
+        self
+    }
+
+    pub fn arg(&self, key: &str) -> Option<&'a str> {
+        self.args.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A netlink failure as a CNI error naming what was being done.
+pub fn nl_err(what: &str, e: NlError) -> CniError {
+    CniError::new(codes::INTERNAL, format!("{what}: {e}"))
+}
+
+/// The result's DNS: the conf's `dns` if it says anything, else IPAM's resolvConf.
+pub fn dns_for(conf: Option<&Dns>, resolv_conf: Option<&Path>) -> Result<Dns> {
+    if let Some(d) = conf.filter(|d| !d.is_empty()) {
+        return Ok(d.clone());
+    }
+    match resolv_conf {
+        Some(p) => {
+            let d = crate::ipam::parse_resolv_conf(p)?;
+            Ok(Dns { nameservers: d.nameservers, domain: d.domain, search: d.search, options: d.options })
+        }
+        None => Ok(Dns::default()),
+    }
+}
+
+/// Plugin types the engine runs. `podnet` is bridge + host-local + portmap in one step.
+pub const PLUGIN_TYPES: &[&str] = &["podnet", "bridge", "portmap", "loopback"];
+
+fn unknown_type(t: &str) -> CniError {
+    CniError::invalid_config("type", format!("unknown plugin type {t:?}: podnet runs {}", PLUGIN_TYPES.join(", ")))
+}
+
+/// Validates a plugin's configuration without touching the system.
+pub fn validate(input: &PluginInput) -> Result<()> {
+    match input.plugin_type.as_str() {
+        "podnet" | "bridge" => BridgePlugin::from_input(input).map(drop),
+        "portmap" | "loopback" => Ok(()),
+        t => Err(unknown_type(t)),
+    }
+}
+
+/// Runs one plugin step, as an exec'd plugin would. ADD returns the result; the other
+/// commands return `None` on success.
+pub fn run_plugin(cmd: Command, input: &PluginInput, req: &Request<'_>) -> Result<Option<CniResult>> {
+    let t = input.plugin_type.as_str();
+    match (t, cmd) {
+        ("podnet" | "bridge", _) => {
+            let p = BridgePlugin::from_input(input)?;
+            match cmd {
+                Command::Add => p.add(input, req, t == "podnet").map(Some),
+                Command::Del => p.del(req).map(|()| None),
+                Command::Check => p.check(input, req).map(|()| None),
+                Command::Gc => p.gc(&valid_attachments(input)?).map(|()| None),
+                Command::Status => p.status().map(|()| None),
+                Command::Version => Ok(None),
+            }
+        }
+        ("portmap", Command::Add) => portmap::add(input, req).map(Some),
+        ("portmap", Command::Del) => portmap::del(input, req).map(|()| None),
+        ("portmap", Command::Check) => portmap::check(input, req).map(|()| None),
+        ("portmap", Command::Gc) => portmap::gc(input, &valid_attachments(input)?).map(|()| None),
+        ("loopback", Command::Add) => loopback::add(input, req).map(Some),
+        ("loopback", Command::Del) => loopback::del(req).map(|()| None),
+        ("loopback", Command::Check) => loopback::check(req).map(|()| None),
+        ("portmap" | "loopback", _) => Ok(None),
+        (t, _) => Err(unknown_type(t)),
+    }
+}
+
+fn valid_attachments(input: &PluginInput) -> Result<Vec<(String, String)>> {
+    input
+        .valid_attachments
+        .clone()
+        .ok_or_else(|| CniError::invalid_config("cni.dev/valid-attachments", "required for GC"))
+}
+
+fn plugin_input(net: &NetworkConfig, i: usize, prev: Option<&Value>, rc: &Map<String, Value>, extra: &[(&str, Value)]) -> Result<PluginInput> {
+    let mut stdin = net.plugins[i].stdin_for(net, prev, rc);
+    for (k, v) in extra {
+        stdin[*k] = v.clone();
+    }
+    let bytes = serde_json::to_vec(&stdin).map_err(|e| CniError::internal("encode plugin config", e))?;
+    PluginInput::parse(&bytes).map_err(|e| e.context(format!("plugins[{i}]")))
+}
+
+/// Validates every plugin of a network configuration.
+pub fn validate_network(net: &NetworkConfig) -> Result<()> {
+    for i in 0..net.plugins.len() {
+        validate(&plugin_input(net, i, None, &Map::new(), &[])?).map_err(|e| e.context(format!("plugins[{i}]")))?;
+    }
+    Ok(())
+}
+
+/// ADD of a whole network configuration; on failure, the steps already done are deleted.
+pub fn add_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<String, Value>) -> Result<CniResult> {
+    validate_network(net)?;
+    let mut prev: Option<Value> = None;
+    for i in 0..net.plugins.len() {
+        let step = plugin_input(net, i, prev.as_ref(), runtime_config, &[])
+            .and_then(|input| run_plugin(Command::Add, &input, req).map(|r| (r, input)));
+        match step {
+            Ok((Some(r), input)) => prev = Some(r.to_json(&input.cni_version)?),
+            Ok((None, _)) => {}
+            Err(e) => {
+                let undo = del_plugins(net, req, runtime_config, prev.as_ref(), i + 1);
+                return Err(match undo {
+                    Ok(()) => e,
+                    Err(u) => e.with_details(format!("cleanup after the failed ADD also failed: {u}")),
+                });
+            }
+        }
+    }
+    let prev = prev.ok_or_else(|| CniError::new(codes::INTERNAL, "the network configuration produced no result"))?;
+    CniResult::from_json(&prev)
+}
+
+fn del_plugins(net: &NetworkConfig, req: &Request<'_>, rc: &Map<String, Value>, prev: Option<&Value>, upto: usize) -> Result<()> {
+    let mut errs = ErrorList::default();
+    for i in (0..upto).rev() {
+        errs.push(plugin_input(net, i, prev, rc, &[]).and_then(|input| run_plugin(Command::Del, &input, req).map(drop)));
+    }
+    errs.into_result(&format!("DEL of network {}", net.name))
+}
+
+/// DEL of a whole network configuration, in reverse order; every plugin runs even if one fails.
+pub fn del_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<String, Value>, prev: Option<&CniResult>) -> Result<()> {
+    let prev = prev.map(|p| p.to_json(&net.cni_version)).transpose()?;
+    del_plugins(net, req, runtime_config, prev.as_ref(), net.plugins.len())
+}
+
+/// CHECK of a whole network configuration against the result of its ADD.
+pub fn check_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<String, Value>, prev: &CniResult) -> Result<()> {
+    if net.disable_check {
+        return Ok(());
+    }
+    let prev = prev.to_json(&net.cni_version)?;
+    for i in 0..net.plugins.len() {
+        let input = plugin_input(net, i, Some(&prev), runtime_config, &[])?;
+        run_plugin(Command::Check, &input, req)?;
+    }
+    Ok(())
+}
+
+/// GC of a whole network configuration: everything not in `valid` (container id, ifname) goes.
+pub fn gc_network(net: &NetworkConfig, valid: &[(String, String)]) -> Result<()> {
+    if net.disable_gc {
+        return Ok(());
+    }
+    let list: Vec<Value> = valid.iter().map(|(c, i)| serde_json::json!({"containerID": c, "ifname": i})).collect();
+    let req = Request::new("", "", None);
+    let mut errs = ErrorList::default();
+    for i in 0..net.plugins.len() {
+        errs.push(
+            plugin_input(net, i, None, &Map::new(), &[("cni.dev/valid-attachments", Value::Array(list.clone()))])
+                .and_then(|input| run_plugin(Command::Gc, &input, &req).map(drop)),
+        );
+    }
+    errs.into_result(&format!("GC of network {}", net.name))
+}
+
+/// STATUS of a whole network configuration.
+pub fn status_network(net: &NetworkConfig) -> Result<()> {
+    let req = Request::new("", "", None);
+    for i in 0..net.plugins.len() {
+        run_plugin(Command::Status, &plugin_input(net, i, None, &Map::new(), &[])?, &req)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! `resolvConf`: the DNS section of the result, read from a resolv.conf-style file.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{CniError, Result};
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dns {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+impl Dns {
+    pub fn is_empty(&self) -> bool {
+        self == &Dns::default()
+    }
+}
+
+/// Same rules as the reference: `#`/`;` comments, a keyword needs at least one value,
+/// only the first value of `nameserver`/`domain` counts, the last `domain` wins.
+pub fn parse_resolv_conf(path: &Path) -> Result<Dns> {
+    let text = std::fs::read(path).map_err(|e| CniError::io(format!("reading resolvConf {}", path.display()), e))?;
+    Ok(parse_resolv_text(&String::from_utf8_lossy(&text)))
+}
+
+pub(crate) fn parse_resolv_text(text: &str) -> Dns {
+    let mut dns = Dns::default();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 2 {
+            continue;
+        }
+        let rest = fields[1..].iter().map(|s| s.to_string());
+        match fields[0] {
+            "nameserver" => dns.nameservers.push(fields[1].to_string()),
+            "domain" => dns.domain = Some(fields[1].to_string()),
+            "search" => dns.search.extend(rest),
+            "options" => dns.options.extend(rest),
+            _ => {}
+        }
+    }
+    dns
+}

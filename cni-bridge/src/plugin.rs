@@ -1,0 +1,84 @@
+//! The CNI plugin entry: config on stdin, CNI_* in the environment, the result (or an
+//! error object) on stdout, exit status 0 or 1 as the spec requires.
+
+use std::io::{Read, Write};
+
+use crate::args::{CniArgs, Command};
+use crate::config::{PluginInput, LATEST_VERSION};
+use crate::engine::{run_plugin, Request};
+use crate::error::{codes, CniError, Result};
+use crate::result::version_info;
+
+/// Whether the process was exec'd as a CNI plugin (CNI_COMMAND is set).
+pub fn invoked_as_plugin() -> bool {
+    std::env::var_os("CNI_COMMAND").is_some()
+}
+
+/// Runs one plugin invocation with the process's stdin, stdout and environment; returns the
+/// exit status.
+pub fn main() -> i32 {
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().read_to_end(&mut stdin);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match read {
+        Ok(_) => run(&stdin, |k| std::env::var(k).ok(), &mut out),
+        Err(e) => emit_error(&mut out, LATEST_VERSION, &CniError::io("read the network configuration from stdin", e)),
+    }
+}
+
+/// One invocation: `stdin` is the plugin config, `env` looks up CNI_* variables.
+pub fn run(stdin: &[u8], env: impl Fn(&str) -> Option<String>, out: &mut impl Write) -> i32 {
+    // The version to answer in: the config's if it is readable, else the latest.
+    let version = serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| LATEST_VERSION.to_owned());
+    match invoke(stdin, env) {
+        Ok(Some(json)) => match serde_json::to_writer(&mut *out, &json) {
+            Ok(()) => {
+                let _ = out.flush();
+                0
+            }
+            Err(e) => emit_error(out, &version, &CniError::io("write the result", e)),
+        },
+        Ok(None) => 0,
+        Err(e) => emit_error(out, &version, &e),
+    }
+}
+
+fn invoke(stdin: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Option<serde_json::Value>> {
+    if env("CNI_COMMAND").as_deref() == Some("VERSION") {
+        let v = serde_json::from_slice::<serde_json::Value>(stdin)
+            .ok()
+            .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| LATEST_VERSION.to_owned());
+        return Ok(Some(version_info(&v)));
+    }
+    let args = CniArgs::from_env_with(env)?;
+    let input = PluginInput::parse(stdin)?;
+    let min = match args.command {
+        Command::Gc | Command::Status => Some("1.1.0"),
+        Command::Check => Some("0.4.0"),
+        _ => None,
+    };
+    if let Some(min) = min {
+        if !crate::config::version_at_least(&input.cni_version, min)? {
+            return Err(CniError::new(
+                codes::INCOMPATIBLE_VERSION,
+                format!("{} needs cniVersion {min} or later, the config has {}", args.command.as_str(), input.cni_version),
+            ));
+        }
+    }
+    let req = Request::new(&args.container_id, &args.ifname, args.netns.as_deref()).with_args(&args.args);
+    match run_plugin(args.command, &input, &req)? {
+        Some(res) => Ok(Some(res.to_json(&input.cni_version)?)),
+        None => Ok(None),
+    }
+}
+
+fn emit_error(out: &mut impl Write, version: &str, e: &CniError) -> i32 {
+    let _ = serde_json::to_writer(&mut *out, &e.to_json(version));
+    let _ = out.flush();
+    1
+}
