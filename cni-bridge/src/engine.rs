@@ -49,10 +49,7 @@ pub fn dns_for(conf: Option<&Dns>, resolv_conf: Option<&Path>) -> Result<Dns> {
         return Ok(d.clone());
     }
     match resolv_conf {
-        Some(p) => {
-            let d = crate::ipam::parse_resolv_conf(p)?;
-            Ok(Dns { nameservers: d.nameservers, domain: d.domain, search: d.search, options: d.options })
-        }
+        Some(p) => crate::ipam::parse_resolv_conf(p),
         None => Ok(Dns::default()),
     }
 }

@@ -2,28 +2,8 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-
 use crate::error::{CniError, Result};
-
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Dns {
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub nameservers: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub search: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub options: Vec<String>,
-}
-
-impl Dns {
-    pub fn is_empty(&self) -> bool {
-        self == &Dns::default()
-    }
-}
+pub use crate::result::Dns;
 
 /// Same rules as the reference: `#`/`;` comments, a keyword needs at least one value,
 /// only the first value of `nameserver`/`domain` counts, the last `domain` wins.

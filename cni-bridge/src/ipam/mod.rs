@@ -233,7 +233,7 @@ impl HostLocal {
         let tx = self.store.lock()?;
         let mut all: Vec<(IpAddr, String, String)> =
             tx.scan()?.into_iter().map(|(ip, o)| (ip, o.id, o.ifname.unwrap_or_default())).collect();
-        all.sort_by(|a, b| ip_key(a.0).cmp(&ip_key(b.0)));
+        all.sort_by_key(|a| ip_key(a.0));
         Ok(all)
     }
 }

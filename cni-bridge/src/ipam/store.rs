@@ -14,9 +14,9 @@
 //! The IP files stay the only truth; the index is a cache. It is trusted only while
 //! `state` matches the net dir: the reference (or a crash) changing anything in the net
 //! dir changes its mtime, and then the index is rebuilt by one scan. To make a foreign
-//! change within the same clock tick still visible, podnet sets the dir's mtime to one
-//! second in the past after each of its changes: any later real change stamps "now",
-//! which cannot equal that. `state` is removed before podnet touches anything and
+//! change within the same clock tick still visible, podnet sets the dir's mtime two
+//! seconds in the past after each of its changes: any later real change stamps "now",
+//! which cannot equal that even on filesystems with 1 s or 2 s timestamp granularity. `state` is removed before podnet touches anything and
 //! rewritten only when the index is complete again, so a crash at any point leaves a
 //! missing `state`, i.e. a rebuild. Nothing under `.podnet-index/` parses as an IP or has
 //! content equal to `<id>\r\n<ifname>` or `<id>`, so the reference's recursive walks
@@ -126,6 +126,7 @@ impl Store {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(false)
             .mode(0o600)
             .open(&lock_path)
             .or_else(|_| File::open(&lock_path))
@@ -227,7 +228,7 @@ impl Txn<'_> {
         let now = SystemTime::now();
         // Fails without ownership of the dir; then the real mtime is recorded, which only
         // misses a foreign change made within the same clock tick.
-        let _ = f.set_modified(now.checked_sub(Duration::from_secs(1)).unwrap_or(now));
+        let _ = f.set_modified(now.checked_sub(Duration::from_secs(2)).unwrap_or(now));
         let md = f.metadata().map_err(|e| io_err("stat", dir, e))?;
         let p = self.state_path();
         fs::write(&p, format!("{STATE_MAGIC}\n{}\n", stamp(&md))).map_err(|e| io_err("writing", &p, e))?;
@@ -262,7 +263,9 @@ impl Txn<'_> {
         self.rebuild_with(&entries)
     }
 
-    /// Replaces the whole index with `entries` (which must be what is on disk).
+    /// Makes the index describe exactly `entries` (which must be what is on disk). Only
+    /// buckets whose content differs are rewritten: after a foreign change to a big data
+    /// dir, reading 10k small files is far cheaper than recreating them.
     pub fn rebuild_with(&mut self, entries: &[(IpAddr, Owner)]) -> Result<()> {
         self.touch()?;
         let idx = &self.store.index;
@@ -271,9 +274,23 @@ impl Txn<'_> {
             .mode(0o755)
             .create(idx)
             .map_err(|e| io_err("creating", idx, e))?;
+        let mut by_owner: HashMap<&Owner, Vec<IpAddr>> = HashMap::new();
+        for (ip, o) in entries {
+            by_owner.entry(o).or_default().push(*ip);
+        }
+        let mut buckets: HashMap<String, Vec<(Owner, Vec<IpAddr>)>> = HashMap::new();
+        for (o, mut ips) in by_owner {
+            ips.sort();
+            buckets.entry(o.bucket()).or_default().push((o.clone(), ips));
+        }
         for ent in fs::read_dir(idx).map_err(|e| io_err("reading", idx, e))? {
             let ent = ent.map_err(|e| io_err("reading", idx, e))?;
             let p = ent.path();
+            let keep = ent.file_name().to_str().is_some_and(|n| buckets.contains_key(n))
+                && ent.file_type().map(|t| t.is_file()).unwrap_or(false);
+            if keep {
+                continue;
+            }
             let r = if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 fs::remove_dir_all(&p)
             } else {
@@ -281,17 +298,13 @@ impl Txn<'_> {
             };
             r.map_err(|e| io_err("clearing", &p, e))?;
         }
-        let mut by_owner: HashMap<&Owner, Vec<IpAddr>> = HashMap::new();
-        for (ip, o) in entries {
-            by_owner.entry(o).or_default().push(*ip);
-        }
-        let mut buckets: HashMap<String, Vec<(Owner, Vec<IpAddr>)>> = HashMap::new();
-        for (o, ips) in by_owner {
-            buckets.entry(o.bucket()).or_default().push((o.clone(), ips));
-        }
-        for (name, recs) in buckets {
+        for (name, mut recs) in buckets {
+            recs.sort_by(|a, b| (&a.0.id, &a.0.ifname).cmp(&(&b.0.id, &b.0.ifname)));
+            let text = render_bucket(&recs);
             let p = idx.join(name);
-            fs::write(&p, render_bucket(&recs)).map_err(|e| io_err("writing", &p, e))?;
+            if fs::read(&p).ok().as_deref() != Some(text.as_bytes()) {
+                fs::write(&p, text).map_err(|e| io_err("writing", &p, e))?;
+            }
         }
         self.broken = false;
         self.finish()

@@ -408,7 +408,7 @@ fn concurrent_allocations_are_unique() {
     seen.dedup();
     assert_eq!(seen.len(), listed.len());
     for (ip, id, ifname) in &listed {
-        assert_eq!(h.get(id, ifname).unwrap().contains(ip), true);
+        assert!(h.get(id, ifname).unwrap().contains(ip));
     }
     assert_eq!(all.len(), 8 * 15 * 2);
 }
@@ -529,11 +529,11 @@ fn parses_resolv_conf() {
         }
     );
     assert_eq!(
-        serde_json::to_value(&dns).unwrap(),
+        dns.to_json(),
         json!({"nameservers": ["10.0.0.10", "fd00::10"], "domain": "example.com",
                "search": ["a.example", "b.example", "c.example"], "options": ["ndots:5", "edns0"]})
     );
-    assert_eq!(serde_json::to_value(Dns::default()).unwrap(), json!({}));
+    assert_eq!(Dns::default().to_json(), json!({}));
     let e = parse_resolv_conf(&tmp.0.join("missing")).unwrap_err();
     assert_eq!(e.code, codes::IO_FAILURE);
 }

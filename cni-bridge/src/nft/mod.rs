@@ -16,6 +16,8 @@ mod tests;
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::error::{codes, CniError, Result};
 use crate::netlink::{MsgBuilder, NlError, NlSocket};
 
@@ -33,6 +35,10 @@ pub struct PortMap {
     pub protocol: u8,
     /// Only traffic to this host address is mapped; None (or an unspecified address) maps all.
     pub host_ip: Option<IpAddr>,
+    /// The pod's subnet: hostPort traffic from it is masqueraded (hairpin), as the reference
+    /// portmap does, or a pod's reply to another pod of the bridge would skip the un-DNAT.
+    /// None: only the pod reaching itself is.
+    pub pod_net: Option<IpNet>,
 }
 
 /// Everything one attachment needs from the firewall.
@@ -136,7 +142,8 @@ impl Firewall {
                 .batch(wire::batch_begin(guard), msgs, wire::batch_end())
             {
                 Ok(_) => return Ok(()),
-                Err((_, e)) if e.is(libc::ERESTART) && attempt < ATTEMPTS => backoff(attempt),
+                // Lost the race for the static rules: re-read and try again at once.
+                Err((_, e)) if e.is(libc::ERESTART) && attempt < ATTEMPTS => continue,
                 Err((i, e)) => {
                     let step = what
                         .get(i)
@@ -180,7 +187,7 @@ impl Firewall {
             {
                 Ok(_) => return Ok(mine.len()),
                 // Someone else deleted one of them meanwhile: look again.
-                Err((_, e)) if e.is(libc::ENOENT) && attempt < ATTEMPTS => backoff(attempt),
+                Err((_, e)) if e.is(libc::ENOENT) && attempt < ATTEMPTS => continue,
                 Err((i, e)) => {
                     let step = match mine.get(i) {
                         Some(r) => format!(
@@ -272,9 +279,3 @@ impl Firewall {
     }
 }
 
-/// A short pause before retrying a batch that lost a race, growing with the attempt.
-fn backoff(attempt: u32) {
-    std::thread::sleep(std::time::Duration::from_micros(
-        100 * u64::from(attempt.min(20)),
-    ));
-}
