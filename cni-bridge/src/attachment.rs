@@ -52,8 +52,35 @@ impl AttachmentStore {
         AttachmentStore { dir: base.join(dir_name) }
     }
 
+    /// `<id>:<ifname>.json`: a container id never contains ':' (CNI allows
+    /// `[a-zA-Z0-9][a-zA-Z0-9_.-]*`), so the name splits back unambiguously.
     fn path(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.dir.join(format!("{container_id}-{ifname}.json"))
+        self.dir.join(format!("{container_id}:{ifname}.json"))
+    }
+
+    /// Takes the network's GC lock: shared for an ADD, exclusive for GC, so GC never
+    /// collects an attachment that is still being set up. Released when the file drops.
+    pub fn lock(&self, exclusive: bool) -> Result<std::fs::File> {
+        let path = self.dir.join(".lock");
+        let what = || format!("lock {}", path.display());
+        std::fs::create_dir_all(&self.dir).map_err(|e| CniError::io(what(), e))?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| CniError::io(what(), e))?;
+        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), op) } == 0 {
+                return Ok(f);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(CniError::io(what(), e));
+            }
+        }
     }
 
     pub fn save(&self, a: &Attachment) -> Result<()> {
@@ -92,25 +119,26 @@ impl AttachmentStore {
         }
     }
 
-    /// Every record of the network (GC only; unreadable files are skipped and reported).
-    pub fn list(&self) -> Result<(Vec<Attachment>, Vec<CniError>)> {
+    /// Every record of the network (GC only), keyed by the (container id, ifname) its file
+    /// name gives, so that an unreadable record can still be collected.
+    pub fn list(&self) -> Result<Vec<(String, String, Result<Attachment>)>> {
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(CniError::io(format!("list attachment records in {}", self.dir.display()), e)),
         };
-        let (mut out, mut errs) = (Vec::new(), Vec::new());
+        let mut out = Vec::new();
         for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let Some((cid, ifname)) = name.strip_suffix(".json").and_then(|n| n.split_once(':')) else { continue };
             let p = ent.path();
-            if p.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            match std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
-                Ok(a) => out.push(a),
-                Err(e) => errs.push(CniError::io(format!("read attachment record {}", p.display()), e)),
-            }
+            let rec = std::fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                .map_err(|e| CniError::io(format!("read attachment record {}", p.display()), e));
+            out.push((cid.to_owned(), ifname.to_owned(), rec));
         }
-        Ok((out, errs))
+        Ok(out)
     }
 }
 
@@ -135,10 +163,21 @@ mod tests {
         assert_eq!(store.load("c1", "eth0").unwrap(), None);
         store.save(&a).unwrap();
         assert_eq!(store.load("c1", "eth0").unwrap(), Some(a.clone()));
-        assert_eq!(store.list().unwrap().0, vec![a]);
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].0.as_str(), listed[0].1.as_str()), ("c1", "eth0"));
+        assert_eq!(listed[0].2.as_ref().unwrap(), &a);
+        let _shared = store.lock(false).unwrap();
+        let _shared2 = store.lock(false).unwrap();
         store.remove("c1", "eth0").unwrap();
         store.remove("c1", "eth0").unwrap();
-        assert!(store.list().unwrap().0.is_empty());
+        assert!(store.list().unwrap().is_empty());
+        // A torn record is still listed under its attachment's name.
+        std::fs::write(store.dir.join("c2:net1.json"), b"{").unwrap();
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].0.as_str(), listed[0].1.as_str()), ("c2", "net1"));
+        assert!(listed[0].2.is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

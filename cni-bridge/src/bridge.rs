@@ -32,6 +32,9 @@ impl BridgePlugin {
         let ipam_v = conf.ipam.as_ref().ok_or_else(|| CniError::invalid_config("ipam", "missing: the bridge plugin needs a host-local ipam section"))?;
         let ip_ranges = input.runtime_config.raw.get("ipRanges");
         let ipam = IpamConfig::from_json_with_ip_ranges(ipam_v, ip_ranges)?;
+        if conf.hairpin_mode && conf.promisc_mode {
+            return Err(CniError::invalid_config("promiscMode", "cannot be set together with hairpinMode"));
+        }
         Ok(BridgePlugin { network: input.name.clone(), conf, ipam })
     }
 
@@ -46,12 +49,25 @@ impl BridgePlugin {
     /// ADD. With `port_maps` (the `podnet` type), hostPort rules are installed in the same
     /// firewall batch as masquerade.
     pub fn add(&self, input: &PluginInput, req: &Request<'_>, with_port_maps: bool) -> Result<CniResult> {
+        if self.conf.disable_container_interface {
+            // As the reference: a container interface left down cannot carry IPAM's addresses,
+            // and podnet's bridge always has IPAM.
+            return Err(CniError::invalid_config("disableContainerInterface", "cannot use IPAM when disableContainerInterface is set"));
+        }
         let netns_path = req.netns.ok_or_else(|| CniError::invalid_env("CNI_NETNS", "required for ADD"))?;
         let pod = NetNs::open(netns_path).map_err(|e| CniError::io("open the pod network namespace", e))?;
         let id = AttachmentId::new(&self.network, req.container_id, req.ifname);
         let requested = requested_ips(input, req)?;
-        let pod_mac = match input.runtime_config.mac.as_deref().or(req.arg("MAC")).or(self.conf.mac.as_deref()) {
-            Some(s) => parse_mac(s).ok_or_else(|| CniError::invalid_config("runtimeConfig.mac", format!("{s:?} is not a MAC address")))?,
+        // The reference's precedence: runtimeConfig.mac, then args.cni.mac (both already
+        // merged into conf.mac), then CNI_ARGS MAC.
+        let mac_src = match (input.runtime_config.mac.as_deref(), self.conf.mac.as_deref(), req.arg("MAC")) {
+            (Some(m), _, _) => Some((m, "runtimeConfig.mac")),
+            (None, Some(m), _) => Some((m, "args.cni.mac")),
+            (None, None, Some(m)) => Some((m, "CNI_ARGS MAC")),
+            (None, None, None) => None,
+        };
+        let pod_mac = match mac_src {
+            Some((s, field)) => parse_mac(s).ok_or_else(|| CniError::invalid_config(field, format!("{s:?} is not a MAC address")))?,
             None => id.pod_mac(),
         };
 
@@ -60,18 +76,16 @@ impl BridgePlugin {
             .run(Rtnl::new)
             .map_err(|e| CniError::io("enter the pod network namespace", e))?
             .map_err(|e| nl_err("open rtnetlink in the pod network namespace", e))?;
-        if podnl.link_by_name(req.ifname).map_err(|e| nl_err("look up the pod interface", e))?.is_some() {
-            return Err(CniError::new(codes::INTERNAL, format!("interface {:?} already exists in {}", req.ifname, netns_path.display())));
-        }
-        let host_veth = id.host_veth();
-        if host.link_by_name(&host_veth).map_err(|e| nl_err("look up the host veth", e))?.is_some() {
+        if self.store().load(req.container_id, req.ifname)?.is_some() {
             return Err(CniError::new(
                 codes::INTERNAL,
-                format!("attachment {}/{} already exists (host veth {host_veth})", req.container_id, req.ifname),
+                format!("attachment {}/{} already exists on network {}", req.container_id, req.ifname, self.network),
             ));
         }
-
         let br = self.ensure_bridge(&mut host)?;
+        // GC must not collect an attachment while it is being made (it is not in the
+        // runtime's valid list yet): ADDs share this lock, GC takes it exclusively.
+        let _gc_guard = self.store().lock(false)?;
         let mut undo = Undo { id: &id, plugin: self, ipam: false, veth: false, fw: false };
         let r = self.add_steps(input, req, &mut host, &mut podnl, &pod, &br, &id, pod_mac, &requested, with_port_maps, &mut undo);
         match r {
@@ -103,12 +117,14 @@ impl BridgePlugin {
     ) -> Result<CniResult> {
         let c = &self.conf;
         let ipam = self.host_local()?;
-        undo.ipam = true;
+        // A second ADD of the same attachment stops here, before touching the first one's
+        // state: IPAM refuses a duplicate allocation.
         let allocated = ipam.allocate(req.container_id, req.ifname, requested)?;
+        undo.ipam = true;
 
         let host_veth = id.host_veth();
         let host_mac = id.host_mac();
-        undo.veth = true;
+        let tag = id.tag();
         host.create_veth(&VethSpec {
             host_name: &host_veth,
             host_mac,
@@ -117,14 +133,28 @@ impl BridgePlugin {
             peer_netns: pod.as_fd().as_raw_fd(),
             mtu: c.mtu,
             master: Some(br.index),
+            alias: Some(&tag),
         })
-        .map_err(|e| nl_err(&format!("create veth {host_veth} with peer {} in the pod", req.ifname), e))?;
+        .map_err(|e| {
+            if e.is(libc::EEXIST) {
+                CniError::new(
+                    codes::INTERNAL,
+                    format!("cannot create veth {host_veth} with peer {:?} in the pod: one of them already exists", req.ifname),
+                )
+            } else {
+                nl_err(&format!("create veth {host_veth} with peer {} in the pod", req.ifname), e)
+            }
+        })?;
+        undo.veth = true;
         let hv = host
             .link_by_name(&host_veth)
             .map_err(|e| nl_err("look up the host veth", e))?
             .ok_or_else(|| CniError::new(codes::INTERNAL, format!("host veth {host_veth} vanished after creation")))?;
         if c.hairpin_mode {
             host.set_hairpin(hv.index, true).map_err(|e| nl_err(&format!("set hairpin mode on {host_veth}"), e))?;
+        }
+        if c.port_isolation {
+            host.set_port_isolated(hv.index, true).map_err(|e| nl_err(&format!("set port isolation on {host_veth}"), e))?;
         }
         if let Some(vid) = c.vlan {
             host.bridge_vlan(hv.index, vid, BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED, false, false)
@@ -137,12 +167,11 @@ impl BridgePlugin {
             host.bridge_vlan(hv.index, *vid, 0, false, false).map_err(|e| vlan_err(&host_veth, *vid, e))?;
         }
 
-        // The pod side: up, addresses (no DAD wait unless asked), routes.
-        let pl = podnl
-            .link_by_name(req.ifname)
-            .map_err(|e| nl_err("look up the pod interface", e))?
-            .ok_or_else(|| CniError::new(codes::INTERNAL, format!("{} did not appear in the pod", req.ifname)))?;
-        podnl.set_up(pl.index).map_err(|e| nl_err(&format!("set {} up in the pod", req.ifname), e))?;
+        // The pod side, in the reference's order: addresses (no DAD wait unless asked),
+        // arp_notify, up (announcing the addresses), routes.
+        let pod_index = hv
+            .peer_index
+            .ok_or_else(|| CniError::new(codes::INTERNAL, format!("host veth {host_veth} reports no peer")))?;
         let dad = if c.enable_dad && allocated.iter().any(|a| a.address.addr().is_ipv6()) {
             Some(crate::dad::DadWatch::new(pod)?)
         } else {
@@ -151,13 +180,17 @@ impl BridgePlugin {
         let mut ips = Vec::new();
         for a in &allocated {
             podnl
-                .add_addr(pl.index, a.address, !c.enable_dad)
+                .add_addr(pod_index, a.address, !c.enable_dad)
                 .map_err(|e| nl_err(&format!("add {} to {} in the pod", a.address, req.ifname), e))?;
             ips.push(IpConfig { address: a.address, gateway: a.gateway, interface: Some(2) });
         }
+        if allocated.iter().any(|a| a.address.addr().is_ipv4()) {
+            podnl.set_arp_notify(pod_index).map_err(|e| nl_err(&format!("set arp_notify on {} in the pod", req.ifname), e))?;
+        }
+        podnl.set_up(pod_index).map_err(|e| nl_err(&format!("set {} up in the pod", req.ifname), e))?;
         if let Some(mut dad) = dad {
             let v6: Vec<IpAddr> = allocated.iter().map(|a| a.address.addr()).filter(|a| a.is_ipv6()).collect();
-            dad.wait(pl.index, &v6)?;
+            dad.wait(pod_index, &v6)?;
         }
         let mut routes: Vec<Route> = self.ipam.routes.iter().map(|r| route(r.dst, r.gw)).collect();
         if c.is_default_gateway {
@@ -172,7 +205,7 @@ impl BridgePlugin {
         for r in &routes {
             let gw = r.gw.or_else(|| allocated.iter().find(|a| a.address.addr().is_ipv4() == r.dst.addr().is_ipv4()).and_then(|a| a.gateway));
             podnl
-                .add_route(&RouteSpec { dst: r.dst, gw, oif: pl.index, mtu: r.mtu, advmss: r.advmss, priority: r.priority, table: r.table, scope: None })
+                .add_route(&RouteSpec { dst: r.dst, gw, oif: pod_index, mtu: r.mtu, advmss: r.advmss, priority: r.priority, table: r.table, scope: None })
                 .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
                 .map_err(|e| nl_err(&format!("add route {} in the pod", r.dst), e))?;
         }
@@ -204,9 +237,9 @@ impl BridgePlugin {
             plan.mac_spoof = Some((host_veth.clone(), pod_mac));
         }
         if with_port_maps {
-            let pod_ips: Vec<IpAddr> = allocated.iter().map(|a| a.address.addr()).collect();
+            let pod_ips: Vec<IpNet> = allocated.iter().map(|a| a.address).collect();
             plan.port_maps = portmap::plan(&input.runtime_config.port_mappings, &pod_ips);
-            if !plan.port_maps.is_empty() && pod_ips.iter().any(|i| i.is_ipv4()) {
+            if !plan.port_maps.is_empty() && pod_ips.iter().any(|i| i.addr().is_ipv4()) {
                 // Lets the node's own 127.0.0.1 reach a hostPort: DNAT'd loopback traffic
                 // must be routable out of the bridge.
                 sysctl::ensure_if("ipv4", &br.name, "route_localnet", "1")?;
@@ -238,7 +271,7 @@ impl BridgePlugin {
             netns,
             bridge: br.name.clone(),
             host_veth,
-            tag: id.tag(),
+            tag,
             result: result.to_json(crate::config::LATEST_VERSION)?,
         })?;
         Ok(result)
@@ -307,25 +340,28 @@ impl BridgePlugin {
     pub fn del(&self, req: &Request<'_>) -> Result<()> {
         let id = AttachmentId::new(&self.network, req.container_id, req.ifname);
         let mut errs = ErrorList::default();
-        errs.push(self.host_local().and_then(|h| h.release(req.container_id, req.ifname)));
-        errs.push(Firewall::new().and_then(|mut fw| {
-            fw.remove(&id.tag())?;
-            fw.remove(&id.portmap_tag()).map(drop)
-        }));
-        match Rtnl::new() {
-            Ok(mut host) => errs.push(host.delete_link_by_name(&id.host_veth()).map(drop).map_err(|e| nl_err("delete the host veth", e))),
-            Err(e) => errs.push(Err(nl_err("open rtnetlink", e))),
-        }
-        // The pod end normally dies with its peer; remove it too if it outlived the host end.
-        if let Some(p) = req.netns.filter(|p| p.exists()) {
-            if let Ok(ns) = NetNs::open(p) {
+        // Rules, then links, then the addresses go back to the pool: an IP is never free
+        // while an interface or a rule still uses it.
+        let (tag, pm_tag) = (id.tag(), id.portmap_tag());
+        errs.push(Firewall::new().and_then(|mut fw| fw.remove_where(&tag, |t| t == tag || t == pm_tag).map(drop)));
+        let host_veth_existed = match Rtnl::new().and_then(|mut host| host.delete_link_by_name(&id.host_veth())) {
+            Ok(existed) => existed,
+            Err(e) => {
+                errs.push(Err(nl_err("delete the host veth", e)));
+                false
+            }
+        };
+        // Deleting the host end deletes the pod end; only if the host end was already gone
+        // can a pod end have outlived it.
+        if !host_veth_existed {
+            if let Some(ns) = req.netns.filter(|p| p.exists()).and_then(|p| NetNs::open(p).ok()) {
                 let ifname = req.ifname.to_owned();
-                let r = ns.run(move || Rtnl::new().and_then(|mut nl| nl.delete_link_by_name(&ifname)));
-                if let Ok(r) = r {
+                if let Ok(r) = ns.run(move || Rtnl::new().and_then(|mut nl| nl.delete_link_by_name(&ifname))) {
                     errs.push(r.map(drop).map_err(|e| nl_err("delete the pod interface", e)));
                 }
             }
         }
+        errs.push(self.host_local().and_then(|h| h.release(req.container_id, req.ifname)));
         errs.push(self.store().remove(req.container_id, req.ifname));
         errs.into_result(&format!("DEL {}/{} on network {}", req.container_id, req.ifname, self.network))
     }
@@ -380,13 +416,28 @@ impl BridgePlugin {
                 return Err(fail(format!("IPAM holds no reservation of {} for this attachment", ip.address.addr())));
             }
         }
-        let mut fw = Firewall::new()?;
-        let mut want = 0;
+        // Every rule ADD put under the attachment's tag: masquerade, hostPorts (the `podnet`
+        // type installs them in the same batch) and the MAC spoof check.
+        let mut plan = FirewallPlan { tag: String::new(), masq: Vec::new(), port_maps: Vec::new(), mac_spoof: None };
+        let mut kinds = Vec::new();
         if self.conf.ip_masq {
-            want += Firewall::plan_rule_count(&FirewallPlan { tag: String::new(), masq: prev.ips.iter().map(|i| (i.address.addr(), i.address.trunc())).collect(), port_maps: Vec::new(), mac_spoof: None });
+            plan.masq = prev.ips.iter().map(|i| (i.address.addr(), i.address.trunc())).collect();
+            kinds.push("masquerade");
         }
-        if want > 0 && fw.count(&id.tag())? < want {
-            return Err(fail("masquerade rules are missing".into()));
+        if input.plugin_type == "podnet" {
+            plan.port_maps = portmap::plan(&input.runtime_config.port_mappings, &portmap::pod_ips(prev));
+            if !plan.port_maps.is_empty() {
+                kinds.push("hostPort");
+            }
+        }
+        if self.conf.mac_spoof_check {
+            plan.mac_spoof = Some((id.host_veth(), link.mac.as_slice().try_into().unwrap_or([0; 6])));
+            kinds.push("MAC spoof check");
+        }
+        let want = Firewall::plan_rule_count(&plan);
+        let have = if want > 0 { Firewall::new()?.count(&id.tag())? } else { 0 };
+        if have < want {
+            return Err(fail(format!("{} rules are missing: {have} of {want} present with tag {}", kinds.join("/"), id.tag())));
         }
         Ok(())
     }
@@ -397,11 +448,17 @@ impl BridgePlugin {
         let mut errs = ErrorList::default();
         let is_valid = |cid: &str, ifname: &str| valid.iter().any(|(c, i)| c == cid && i == ifname);
         let store = self.store();
+        // Wait for in-flight ADDs, and keep new ones out while collecting.
+        let _gc_guard = store.lock(true)?;
         match store.list() {
-            Ok((records, bad)) => {
-                errs.0.extend(bad);
-                for a in records.iter().filter(|a| !is_valid(&a.container_id, &a.ifname)) {
-                    errs.push(self.del(&Request::new(&a.container_id, &a.ifname, None)));
+            Ok(records) => {
+                for (cid, ifname, rec) in records {
+                    if !is_valid(&cid, &ifname) {
+                        // DEL needs no record, so a torn one is collected too.
+                        errs.push(self.del(&Request::new(&cid, &ifname, None)));
+                    } else if let Err(e) = rec {
+                        errs.0.push(e);
+                    }
                 }
             }
             Err(e) => errs.0.push(e),
@@ -416,24 +473,29 @@ impl BridgePlugin {
             .collect();
         let prefix = AttachmentId::network_tag_prefix(&self.network);
         errs.push(Firewall::new().and_then(|mut fw| {
-            for t in fw.tags()? {
-                if t.starts_with(&prefix) && !valid_tags.contains(&t) {
-                    fw.remove(&t)?;
-                }
-            }
-            Ok(())
+            fw.remove_where(&format!("stale rules of network {}", self.network), |t| {
+                t.starts_with(&prefix) && !valid_tags.iter().any(|v| v == t)
+            })
+            .map(drop)
         }));
         let valid_veths: Vec<String> = valid.iter().map(|(c, i)| AttachmentId::new(&self.network, c, i).host_veth()).collect();
-        errs.push((|| {
-            let mut host = Rtnl::new().map_err(|e| nl_err("open rtnetlink", e))?;
-            let Some(br) = host.link_by_name(&self.conf.bridge).map_err(|e| nl_err("look up the bridge", e))? else { return Ok(()) };
-            for l in host.links().map_err(|e| nl_err("list links", e))? {
-                if l.master == Some(br.index) && l.name.starts_with(HOST_VETH_PREFIX) && l.kind.as_deref() == Some("veth") && !valid_veths.contains(&l.name) {
-                    host.delete_link_by_name(&l.name).map_err(|e| nl_err(&format!("delete stale veth {}", l.name), e))?;
+        match Rtnl::new().and_then(|mut host| host.links().map(|l| (host, l))) {
+            Ok((mut host, links)) => {
+                // Only veths stamped with this network's tag prefix: another network may
+                // share the bridge.
+                for l in links {
+                    let ours = l.alias.as_deref().is_some_and(|a| a.starts_with(&prefix));
+                    if ours && l.name.starts_with(HOST_VETH_PREFIX) && !valid_veths.contains(&l.name) {
+                        errs.push(
+                            host.delete_link_by_name(&l.name)
+                                .map(drop)
+                                .map_err(|e| nl_err(&format!("delete stale veth {}", l.name), e)),
+                        );
+                    }
                 }
             }
-            Ok(())
-        })());
+            Err(e) => errs.push(Err(nl_err("list links", e))),
+        }
         errs.into_result(&format!("GC of network {}", self.network))
     }
 
@@ -463,7 +525,7 @@ fn ensure_addr(host: &mut Rtnl, link: &Link, addr: IpNet, force: bool) -> Result
     let fam = if addr.addr().is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
     let existing = host.addrs(link.index, Some(fam)).map_err(|e| nl_err(&format!("list addresses of {}", link.name), e))?;
     for a in existing {
-        if a.addr.addr() == addr.addr() {
+        if a.addr == addr {
             return Ok(());
         }
         if addr.addr().is_ipv6() && !a.addr.contains(&addr.addr()) && !addr.contains(&a.addr.addr()) {

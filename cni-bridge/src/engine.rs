@@ -133,7 +133,9 @@ pub fn add_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<
             Ok((Some(r), input)) => prev = Some(r.to_json(&input.cni_version)?),
             Ok((None, _)) => {}
             Err(e) => {
-                let undo = del_plugins(net, req, runtime_config, prev.as_ref(), i + 1);
+                // The failed step undid its own work; DEL the steps before it, as libcni's
+                // caller would.
+                let undo = del_plugins(net, req, runtime_config, prev.as_ref(), i);
                 return Err(match undo {
                     Ok(()) => e,
                     Err(u) => e.with_details(format!("cleanup after the failed ADD also failed: {u}")),
@@ -174,7 +176,8 @@ pub fn check_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Ma
 
 /// GC of a whole network configuration: everything not in `valid` (container id, ifname) goes.
 pub fn gc_network(net: &NetworkConfig, valid: &[(String, String)]) -> Result<()> {
-    if net.disable_gc {
+    // libcni skips GC for configurations older than 1.1.0, and when disableGC is set.
+    if net.disable_gc || !crate::config::version_at_least(&net.cni_version, "1.1.0")? {
         return Ok(());
     }
     let list: Vec<Value> = valid.iter().map(|(c, i)| serde_json::json!({"containerID": c, "ifname": i})).collect();
@@ -191,6 +194,9 @@ pub fn gc_network(net: &NetworkConfig, valid: &[(String, String)]) -> Result<()>
 
 /// STATUS of a whole network configuration.
 pub fn status_network(net: &NetworkConfig) -> Result<()> {
+    if !crate::config::version_at_least(&net.cni_version, "1.1.0")? {
+        return Ok(());
+    }
     let req = Request::new("", "", None);
     for i in 0..net.plugins.len() {
         run_plugin(Command::Status, &plugin_input(net, i, None, &Map::new(), &[])?, &req)?;

@@ -37,9 +37,10 @@ pub fn add(input: &PluginInput, req: &Request<'_>) -> Result<CniResult> {
     Ok(res)
 }
 
-/// DEL: nothing to release; a namespace that is already gone is fine.
+/// DEL: nothing to release; a namespace that is already gone (or a leftover path that is
+/// no longer a namespace) is fine.
 pub fn del(req: &Request<'_>) -> Result<()> {
-    match req.netns.filter(|p| p.exists()) {
+    match req.netns.filter(|p| NetNs::open(p).is_ok()) {
         Some(_) => with_lo(req, |nl, idx| nl.set_flags(idx, 0, libc::IFF_UP as u32).map_err(|e| nl_err("set lo down", e))),
         None => Ok(()),
     }

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::config::{PluginInput, PortMapping};
 use crate::engine::{nl_err, Request};
 use crate::error::{codes, CniError, ErrorList, Result};
@@ -12,36 +14,40 @@ use crate::result::CniResult;
 use crate::rtnl::Rtnl;
 use crate::sysctl;
 
-/// The DNAT rules for `maps` towards `pod_ips`: a mapping with a hostIP goes to the pod IP of
-/// the same family; one without goes to every pod IP (v4 and v6 alike).
-pub fn plan(maps: &[PortMapping], pod_ips: &[IpAddr]) -> Vec<PortMap> {
+/// The DNAT rules for `maps` towards `pod_ips` (the pod's addresses with their subnet's
+/// prefix): a mapping with a hostIP goes to the pod IP of the same family; one without goes
+/// to every pod IP (v4 and v6 alike).
+pub fn plan(maps: &[PortMapping], pod_ips: &[IpNet]) -> Vec<PortMap> {
     let mut out = Vec::new();
     for m in maps {
-        for ip in pod_ips {
+        for net in pod_ips {
+            let ip = net.addr();
             if m.host_ip.is_some_and(|h| h.is_ipv4() != ip.is_ipv4()) {
                 continue;
             }
             out.push(PortMap {
-                pod_ip: *ip,
+                pod_ip: ip,
                 container_port: m.container_port,
                 host_port: m.host_port,
                 protocol: m.protocol.number(),
                 host_ip: m.host_ip,
+                pod_net: Some(net.trunc()),
             });
         }
     }
     out
 }
 
-/// The pod's own addresses in a result: those on an interface inside a sandbox.
-pub fn pod_ips(res: &CniResult) -> Vec<IpAddr> {
+/// The pod's own addresses (with their prefix) in a result: those on an interface inside a
+/// sandbox.
+pub fn pod_ips(res: &CniResult) -> Vec<IpNet> {
     res.ips
         .iter()
         .filter(|ip| match ip.interface {
             Some(i) => res.interfaces.get(i).is_some_and(|x| x.sandbox.is_some()),
             None => true,
         })
-        .map(|ip| ip.address.addr())
+        .map(|ip| ip.address)
         .collect()
 }
 
@@ -58,8 +64,8 @@ pub fn add(input: &PluginInput, req: &Request<'_>) -> Result<CniResult> {
     let ips = pod_ips(&prev);
     let id = AttachmentId::new(&input.name, req.container_id, req.ifname);
     let plan = FirewallPlan { tag: id.portmap_tag(), masq: Vec::new(), port_maps: plan(maps, &ips), mac_spoof: None };
-    if let Some(v4) = ips.iter().find(|i| i.is_ipv4()) {
-        enable_route_localnet(*v4)?;
+    if let Some(v4) = ips.iter().map(|n| n.addr()).find(|i| i.is_ipv4()) {
+        enable_route_localnet(v4)?;
     }
     let mut fw = Firewall::new()?;
     // A retried ADD must not stack a second copy of the rules.
@@ -120,12 +126,13 @@ mod tests {
 
     #[test]
     fn plan_matches_families() {
-        let v4: IpAddr = "10.0.0.5".parse().unwrap();
-        let v6: IpAddr = "fd00::5".parse().unwrap();
+        let v4: IpNet = "10.0.0.5/24".parse().unwrap();
+        let v6: IpNet = "fd00::5/64".parse().unwrap();
         let any = PortMapping { host_port: 8080, container_port: 80, protocol: Protocol::Tcp, host_ip: None };
         let only4 = PortMapping { host_ip: Some("127.0.0.1".parse().unwrap()), ..any.clone() };
         let p = plan(&[any, only4], &[v4, v6]);
         assert_eq!(p.len(), 3);
-        assert_eq!(p.iter().filter(|m| m.pod_ip == v6).count(), 1);
+        assert_eq!(p.iter().filter(|m| m.pod_ip == v6.addr()).count(), 1);
+        assert_eq!(p[0].pod_net, Some("10.0.0.0/24".parse().unwrap()));
     }
 }

@@ -95,6 +95,8 @@ impl Firewall {
             .into_iter()
             .filter(|f| tagged.iter().any(|r| r.family == *f))
             .collect();
+        // Set once a batch that skipped existing tables and chains found one missing.
+        let mut create_all = false;
         for attempt in 1..=ATTEMPTS {
             let genid = self.genid()?;
             // The static rules missing from the nat base chains (a chain or table that does not
@@ -111,6 +113,15 @@ impl Firewall {
             let mut msgs: Vec<MsgBuilder> = Vec::new();
             let mut what: Vec<String> = Vec::new();
             for &f in &families {
+                // Declaring an existing base chain again is a chain update that the kernel
+                // completes only after an RCU grace period, which the process then waits for
+                // (at the latest when it closes the socket): ~10 ms per ADD. The table and its
+                // chains exist when the static rules do (one batch creates them all), so they
+                // are declared only when a static rule is missing; if one was deleted behind
+                // our back, ENOENT below retries with everything.
+                if f != NFPROTO_BRIDGE && !create_all && !statics.iter().any(|r| r.family == f) {
+                    continue;
+                }
                 let fam = family_name(f);
                 msgs.push(wire::new_table(f, TABLE));
                 what.push(format!("creating table {fam} {TABLE}"));
@@ -144,6 +155,9 @@ impl Firewall {
                 Ok(_) => return Ok(()),
                 // Lost the race for the static rules: re-read and try again at once.
                 Err((_, e)) if e.is(libc::ERESTART) && attempt < ATTEMPTS => continue,
+                Err((_, e)) if e.is(libc::ENOENT) && !create_all && attempt < ATTEMPTS => {
+                    create_all = true;
+                }
                 Err((i, e)) => {
                     let step = what
                         .get(i)
@@ -168,11 +182,19 @@ impl Firewall {
     /// Deletes every rule whose comment is `tag` from podnet's tables, in one batch; returns
     /// how many. Absent tables (or no such rule) are Ok(0).
     pub fn remove(&mut self, tag: &str) -> Result<usize> {
+        self.remove_where(tag, |t| t == tag)
+    }
+
+    /// Deletes every tagged rule whose tag satisfies `pred`, with one listing per family and
+    /// one batch (DEL of an attachment's tags, GC of a network's stale ones). `what` names
+    /// the selection in errors.
+    pub fn remove_where(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> Result<usize> {
+        let tag = what;
         for attempt in 1..=ATTEMPTS {
             let mine: Vec<RuleInfo> = self
                 .all()?
                 .into_iter()
-                .filter(|r| r.comment.as_deref() == Some(tag))
+                .filter(|r| r.comment.as_deref().is_some_and(&pred))
                 .collect();
             if mine.is_empty() {
                 return Ok(0);

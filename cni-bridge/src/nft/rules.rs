@@ -247,8 +247,8 @@ pub fn rules_of(plan: &FirewallPlan) -> Result<Vec<Rule>> {
     let tag = plan.tag.as_str();
     let mut out = Vec::new();
 
-    // hostPort DNAT, and the pod IPs that need hairpin masquerade.
-    let mut hairpin: Vec<IpAddr> = Vec::new();
+    // hostPort DNAT, and the pod IPs (with the sources) that need hairpin masquerade.
+    let mut hairpin: Vec<(IpAddr, IpNet)> = Vec::new();
     for pm in &plan.port_maps {
         let Some(proto) = proto_name(pm.protocol) else {
             return Err(bad_plan(
@@ -323,15 +323,20 @@ pub fn rules_of(plan: &FirewallPlan) -> Result<Vec<Rule>> {
             exprs,
             what: format!("{what}{proto} dport {} dnat to {to}", pm.host_port),
         });
-        if !hairpin.contains(&pm.pod_ip) {
-            hairpin.push(pm.pod_ip);
+        if !hairpin.iter().any(|(p, _)| *p == pm.pod_ip) {
+            let from = pm
+                .pod_net
+                .filter(|n| n.contains(&pm.pod_ip))
+                .unwrap_or_else(|| IpNet::from(pm.pod_ip));
+            hairpin.push((pm.pod_ip, from));
         }
     }
 
-    // Hairpin: a pod reaching its own hostPort, and (IPv4) the node's loopback reaching one.
-    for pod in &hairpin {
+    // Hairpin: a pod (or, with its subnet known, any pod of that subnet) reaching the pod's
+    // hostPort, and (IPv4) the node's loopback reaching one.
+    for (pod, from) in &hairpin {
         let family = nfproto(pod);
-        let mut exprs: Vec<Expr> = addr_eq(pod, true).into();
+        let mut exprs: Vec<Expr> = addr_in(from, true, NFT_CMP_EQ);
         exprs.extend(addr_eq(pod, false));
         exprs.extend(ct_status_dnat());
         exprs.extend([Expr::Counter, Expr::Masq]);

@@ -31,6 +31,7 @@ fn full_plan(tag: &str) -> FirewallPlan {
                 host_port: 8080,
                 protocol: TCP,
                 host_ip: None,
+                pod_net: None,
             },
             PortMap {
                 pod_ip: ip("10.88.0.5"),
@@ -38,6 +39,7 @@ fn full_plan(tag: &str) -> FirewallPlan {
                 host_port: 5353,
                 protocol: UDP,
                 host_ip: Some(ip("192.168.77.10")),
+                pod_net: None,
             },
             PortMap {
                 pod_ip: ip("fd00:88::5"),
@@ -45,6 +47,7 @@ fn full_plan(tag: &str) -> FirewallPlan {
                 host_port: 8080,
                 protocol: TCP,
                 host_ip: None,
+                pod_net: None,
             },
             // Host IP of the other family: skipped.
             PortMap {
@@ -53,6 +56,7 @@ fn full_plan(tag: &str) -> FirewallPlan {
                 host_port: 8081,
                 protocol: TCP,
                 host_ip: Some(ip("192.168.77.10")),
+                pod_net: None,
             },
         ],
         mac_spoof: Some(("vethpodnet1".into(), [0x02, 0x42, 0xac, 0x11, 0x00, 0x05])),
@@ -70,6 +74,7 @@ fn small_plan(tag: &str) -> FirewallPlan {
             host_port: 8443,
             protocol: TCP,
             host_ip: None,
+            pod_net: None,
         }],
         mac_spoof: None,
     }

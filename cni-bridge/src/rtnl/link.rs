@@ -10,6 +10,7 @@ const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
+const IFLA_IFALIAS: u16 = 20;
 const IFLA_PROTINFO: u16 = 12;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_AF_SPEC: u16 = 26;
@@ -20,6 +21,7 @@ const VETH_INFO_PEER: u16 = 1;
 const IFLA_BR_VLAN_FILTERING: u16 = 7;
 const IFLA_VLAN_ID: u16 = 1;
 const IFLA_BRPORT_MODE: u16 = 4;
+const IFLA_BRPORT_ISOLATED: u16 = 33;
 const IFLA_BRIDGE_FLAGS: u16 = 0;
 const IFLA_BRIDGE_VLAN_INFO: u16 = 2;
 const BRIDGE_FLAGS_SELF: u16 = 2;
@@ -38,6 +40,11 @@ pub struct Link {
     pub mtu: u32,
     pub master: Option<u32>,
     pub flags: u32,
+    /// For a veth: the peer's index (in the peer's namespace).
+    pub peer_index: Option<u32>,
+    /// The link's alias (`ip link set ... alias`): podnet stamps its host veths with the
+    /// attachment's tag, so GC can tell its own from other networks'.
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -60,6 +67,7 @@ pub struct VethSpec<'a> {
     pub peer_netns: RawFd,
     pub mtu: Option<u32>,
     pub master: Option<u32>,
+    pub alias: Option<&'a str>,
 }
 
 fn ifinfomsg(family: u8, index: u32, flags: u32, change: u32) -> [u8; 16] {
@@ -84,6 +92,8 @@ fn parse_link(m: &RecvMsg) -> Option<Link> {
             IFLA_ADDRESS => link.mac = a.payload.to_vec(),
             IFLA_MTU => link.mtu = a.u32().unwrap_or_default(),
             IFLA_MASTER => link.master = a.u32(),
+            IFLA_LINK => link.peer_index = a.u32(),
+            IFLA_IFALIAS => link.alias = a.str().map(str::to_owned),
             IFLA_LINKINFO => {
                 link.kind = a.nested().find(|i| i.ty == IFLA_INFO_KIND).and_then(|i| i.str()).map(str::to_owned)
             }
@@ -159,6 +169,9 @@ impl Rtnl {
         if let Some(master) = spec.master {
             m.attr_u32(IFLA_MASTER, master);
         }
+        if let Some(alias) = spec.alias {
+            m.attr_str(IFLA_IFALIAS, alias);
+        }
         let info = m.nest_start(IFLA_LINKINFO);
         m.attr_str(IFLA_INFO_KIND, "veth");
         let data = m.nest_start(IFLA_INFO_DATA);
@@ -206,6 +219,23 @@ impl Rtnl {
         self.sock.request(m).map(drop)
     }
 
+    /// Sets the link's IPv4 `arp_notify` (gratuitous ARP when it comes up, so neighbours
+    /// forget a reused IP's old MAC). Must precede the IFF_UP request: the kernel applies
+    /// flags before per-family settings within one request.
+    pub fn set_arp_notify(&mut self, index: u32) -> Result<(), NlError> {
+        const IFLA_INET_CONF: u16 = 1;
+        const IPV4_DEVCONF_ARP_NOTIFY: u16 = 22;
+        let mut m = MsgBuilder::new(RTM_SETLINK, NLM_F_REQUEST).header(&ifinfomsg(0, index, 0, 0));
+        let spec = m.nest_start(IFLA_AF_SPEC);
+        let inet = m.nest_start(libc::AF_INET as u16);
+        let conf = m.nest_start(IFLA_INET_CONF);
+        m.attr_u32(IPV4_DEVCONF_ARP_NOTIFY, 1);
+        m.nest_end(conf);
+        m.nest_end(inet);
+        m.nest_end(spec);
+        self.sock.request(m).map(drop)
+    }
+
     pub fn set_up(&mut self, index: u32) -> Result<(), NlError> {
         self.set_flags(index, IFF_UP, IFF_UP)
     }
@@ -220,6 +250,17 @@ impl Rtnl {
             .header(&ifinfomsg(libc::AF_BRIDGE as u8, index, 0, 0));
         let p = m.nest_start(IFLA_PROTINFO);
         m.attr_u8(IFLA_BRPORT_MODE, on as u8);
+        m.nest_end(p);
+        self.sock.request(m).map(drop)
+    }
+
+    /// Port isolation of a bridge port: isolated ports cannot talk to each other, only to
+    /// non-isolated ones (`bridge link set dev <port> isolated on`).
+    pub fn set_port_isolated(&mut self, index: u32, on: bool) -> Result<(), NlError> {
+        let mut m = MsgBuilder::new(RTM_SETLINK, NLM_F_REQUEST)
+            .header(&ifinfomsg(libc::AF_BRIDGE as u8, index, 0, 0));
+        let p = m.nest_start(IFLA_PROTINFO);
+        m.attr_u8(IFLA_BRPORT_ISOLATED, on as u8);
         m.nest_end(p);
         self.sock.request(m).map(drop)
     }

@@ -97,6 +97,7 @@ mod tests {
                 peer_netns: pod.as_fd().as_raw_fd(),
                 mtu: Some(1400),
                 master: Some(br.index),
+                alias: None,
             })
             .unwrap();
             let vh = nl.link_by_name("vh0").unwrap().unwrap();

@@ -105,7 +105,9 @@ impl Rtnl {
     pub fn route_oif(&mut self, ip: IpAddr) -> Result<Option<u32>, NlError> {
         let fam = family_of(&ip);
         let plen = if ip.is_ipv4() { 32 } else { 128 };
-        let mut m = MsgBuilder::new(RTM_GETROUTE, NLM_F_REQUEST).header(&rtmsg(fam, plen, 0, 0));
+        // A get request must leave table, protocol, scope and type zero: with strict checking
+        // (NETLINK_GET_STRICT_CHK) the kernel rejects anything else with EINVAL.
+        let mut m = MsgBuilder::new(RTM_GETROUTE, NLM_F_REQUEST).header(&[fam, plen, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         m.attr(RTA_DST, &ip_bytes(&ip));
         let msgs = self.sock.request(m)?;
         Ok(msgs
