@@ -192,7 +192,7 @@ impl BridgePlugin {
             let v6: Vec<IpAddr> = allocated.iter().map(|a| a.address.addr()).filter(|a| a.is_ipv6()).collect();
             dad.wait(pod_index, &v6)?;
         }
-        let mut routes: Vec<Route> = self.ipam.routes.iter().map(|r| route(r.dst, r.gw)).collect();
+        let mut routes: Vec<Route> = self.ipam.routes.clone();
         if c.is_default_gateway {
             for a in &allocated {
                 let Some(gw) = a.gateway else { continue };
@@ -205,7 +205,7 @@ impl BridgePlugin {
         for r in &routes {
             let gw = r.gw.or_else(|| allocated.iter().find(|a| a.address.addr().is_ipv4() == r.dst.addr().is_ipv4()).and_then(|a| a.gateway));
             podnl
-                .add_route(&RouteSpec { dst: r.dst, gw, oif: pod_index, mtu: r.mtu, advmss: r.advmss, priority: r.priority, table: r.table, scope: None })
+                .add_route(&RouteSpec { dst: r.dst, gw, oif: pod_index, mtu: r.mtu, advmss: r.advmss, priority: r.priority, table: r.table, scope: r.scope.map(|s| s as u8) })
                 .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
                 .map_err(|e| nl_err(&format!("add route {} in the pod", r.dst), e))?;
         }

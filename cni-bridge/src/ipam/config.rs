@@ -24,11 +24,9 @@ pub struct IpamConfig {
     pub resolv_conf: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IpamRoute {
-    pub dst: IpNet,
-    pub gw: Option<IpAddr>,
-}
+/// A route of `ipam.routes`: the CNI result's route type, with the 1.1 fields (mtu, advmss,
+/// priority, table, scope) kept for the pod's routing table and the result alike.
+pub type IpamRoute = crate::result::Route;
 
 impl IpamConfig {
     /// `ipam` is the "ipam" object of the plugin configuration.
@@ -89,7 +87,22 @@ impl IpamConfig {
                 };
                 let gw_path = format!("{path}.gw");
                 let gw = opt_str(o, "gw", &gw_path)?.filter(|s| !s.is_empty()).map(|s| parse_ip(s, &gw_path)).transpose()?;
-                routes.push(IpamRoute { dst, gw });
+                let mut route = IpamRoute::new(dst, gw);
+                for (key, slot, max) in [
+                    ("mtu", &mut route.mtu, u32::MAX as u64),
+                    ("advmss", &mut route.advmss, u32::MAX as u64),
+                    ("priority", &mut route.priority, u32::MAX as u64),
+                    ("table", &mut route.table, u32::MAX as u64),
+                    ("scope", &mut route.scope, 255),
+                ] {
+                    if let Some(v) = o.get(key).filter(|v| !v.is_null()) {
+                        let n = v.as_u64().filter(|n| *n <= max).ok_or_else(|| {
+                            CniError::invalid_config(&format!("{path}.{key}"), format!("must be an integer from 0 to {max}"))
+                        })?;
+                        *slot = Some(n as u32);
+                    }
+                }
+                routes.push(route);
             }
         }
 

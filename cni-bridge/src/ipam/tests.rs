@@ -92,7 +92,7 @@ fn parses_ranges_routes_and_defaults() {
     assert_eq!(r.range_start, ip("fd00:1::1"));
     assert_eq!(r.range_end, ip("fd00:1::ffff:ffff:ffff:ffff"));
     assert_eq!(r.gateway, Some(ip("fd00:1::1")));
-    assert_eq!(c.routes[0], IpamRoute { dst: "0.0.0.0/0".parse().unwrap(), gw: None });
+    assert_eq!(c.routes[0], IpamRoute::new("0.0.0.0/0".parse().unwrap(), None));
     assert_eq!(c.routes[1].gw, Some(ip("10.1.2.254")));
 }
 
@@ -536,4 +536,20 @@ fn parses_resolv_conf() {
     assert_eq!(Dns::default().to_json(), json!({}));
     let e = parse_resolv_conf(&tmp.0.join("missing")).unwrap_err();
     assert_eq!(e.code, codes::IO_FAILURE);
+}
+
+#[test]
+fn route_fields_of_cni_1_1_are_kept() {
+    let c = IpamConfig::from_json(&json!({"type": "host-local", "subnet": "10.1.0.0/24", "routes": [
+        {"dst": "10.9.0.0/16", "gw": "10.1.0.254", "mtu": 1400, "advmss": 1360, "priority": 10, "table": 100, "scope": 0}
+    ]}))
+    .unwrap();
+    let r = &c.routes[0];
+    assert_eq!((r.mtu, r.advmss, r.priority, r.table, r.scope), (Some(1400), Some(1360), Some(10), Some(100), Some(0)));
+    let e = IpamConfig::from_json(&json!({"type": "host-local", "subnet": "10.1.0.0/24", "routes": [
+        {"dst": "10.9.0.0/16", "scope": 300}
+    ]}))
+    .unwrap_err();
+    assert_eq!(e.code, codes::INVALID_CONFIG);
+    assert!(e.msg.contains("ipam.routes[0].scope"), "{e}");
 }

@@ -61,7 +61,8 @@ impl Rtnl {
 
     /// Addresses of one link (or of all links with `index` 0), of one family or both (`None`).
     pub fn addrs(&mut self, index: u32, family: Option<u8>) -> Result<Vec<AddrInfo>, NlError> {
-        let m = MsgBuilder::new(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP).header(&ifaddrmsg(family.unwrap_or(0), 0, 0));
+        // With strict checking on (the socket enables it) the kernel filters the dump by index.
+        let m = MsgBuilder::new(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP).header(&ifaddrmsg(family.unwrap_or(0), 0, index));
         let mut out = Vec::new();
         for msg in self.sock.request(m)? {
             if msg.msg_type != RTM_NEWADDR || msg.body.len() < 8 {
