@@ -64,8 +64,10 @@ fn unknown_type(t: &str) -> CniError {
 /// Validates a plugin's configuration without touching the system.
 pub fn validate(input: &PluginInput) -> Result<()> {
     match input.plugin_type.as_str() {
-        "podnet" | "bridge" => BridgePlugin::from_input(input).map(drop),
-        "portmap" | "loopback" => Ok(()),
+        "podnet" => BridgePlugin::from_input(input).and_then(|_| portmap::check_options(&input.raw)),
+        "bridge" => BridgePlugin::from_input(input).map(drop),
+        "portmap" => portmap::check_options(&input.raw),
+        "loopback" => Ok(()),
         t => Err(unknown_type(t)),
     }
 }
@@ -78,7 +80,12 @@ pub fn run_plugin(cmd: Command, input: &PluginInput, req: &Request<'_>) -> Resul
         ("podnet" | "bridge", _) => {
             let p = BridgePlugin::from_input(input)?;
             match cmd {
-                Command::Add => p.add(input, req, t == "podnet").map(Some),
+                Command::Add => {
+                    if t == "podnet" {
+                        portmap::check_options(&input.raw)?;
+                    }
+                    p.add(input, req, t == "podnet").map(Some)
+                }
                 Command::Del => p.del(req).map(|()| None),
                 Command::Check => p.check(input, req).map(|()| None),
                 Command::Gc => p.gc(&valid_attachments(input)?).map(|()| None),

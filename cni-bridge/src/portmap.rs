@@ -38,6 +38,21 @@ pub fn plan(maps: &[PortMapping], pod_ips: &[IpNet]) -> Vec<PortMap> {
     out
 }
 
+/// Refuses the reference portmap options podnet does not implement, rather than silently
+/// exposing hostPorts more widely than the admin asked (`conditionsV4`/`V6` restrict sources)
+/// or masquerading when told not to (`snat: false`).
+pub fn check_options(raw: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    for key in ["conditionsV4", "conditionsV6"] {
+        if raw.get(key).is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty())) {
+            return Err(CniError::invalid_config(key, "iptables match conditions are not supported by podnet"));
+        }
+    }
+    if raw.get("snat").is_some_and(|v| v == &serde_json::Value::Bool(false)) {
+        return Err(CniError::invalid_config("snat", "false is not supported: podnet always masquerades hairpin and localhost hostPort traffic"));
+    }
+    Ok(())
+}
+
 /// The pod's own addresses (with their prefix) in a result: those on an interface inside a
 /// sandbox.
 pub fn pod_ips(res: &CniResult) -> Vec<IpNet> {
@@ -57,6 +72,7 @@ pub fn add(input: &PluginInput, req: &Request<'_>) -> Result<CniResult> {
         .prev_result
         .clone()
         .ok_or_else(|| CniError::invalid_config("prevResult", "portmap must be chained after a plugin that returns the pod's addresses"))?;
+    check_options(&input.raw)?;
     let maps = &input.runtime_config.port_mappings;
     if maps.is_empty() {
         return Ok(prev);
@@ -123,6 +139,16 @@ pub fn gc(input: &PluginInput, valid: &[(String, String)]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::config::Protocol;
+
+    #[test]
+    fn unsupported_options_are_refused() {
+        let m = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        assert!(check_options(&m(serde_json::json!({"snat": true, "conditionsV4": []}))).is_ok());
+        let e = check_options(&m(serde_json::json!({"conditionsV4": ["-s", "1.2.3.4"]}))).unwrap_err();
+        assert!(e.msg.contains("conditionsV4"), "{e}");
+        let e = check_options(&m(serde_json::json!({"snat": false}))).unwrap_err();
+        assert!(e.msg.contains("snat"), "{e}");
+    }
 
     #[test]
     fn plan_matches_families() {
