@@ -357,3 +357,40 @@ impl Ns {
 pub fn records_in(dir: &Path) -> Vec<String> {
     files_in(dir).into_iter().filter(|f| f.ends_with(".json")).collect()
 }
+
+/// The common setup of the CNI suites: a node and a pod namespace, and a scratch dir holding
+/// the IPAM data dir (`ipam/`) and the attachment records (`state/`).
+pub struct Site {
+    pub node: Ns,
+    pub pod: Ns,
+    pub data: TempDir,
+}
+
+impl Site {
+    pub fn new(scratch_prefix: &str) -> Site {
+        require_root();
+        Site { node: Ns::new("pn"), pod: Ns::new("pp"), data: TempDir::new(scratch_prefix) }
+    }
+
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.data.path().join("ipam")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.data.path().join("state")
+    }
+}
+
+/// Pings `dst` from `ns`: up to 5 one-second attempts.
+pub fn pings(ns: &Ns, dst: &str) -> bool {
+    let cmd = if dst.contains(':') { "busybox ping6" } else { "busybox ping" };
+    retry(5, std::time::Duration::from_millis(100), || ns.run(&format!("{cmd} -c 1 -W 1 {dst}")).status.success())
+}
+
+/// Connects to `host`:`port` over TCP from `ns` and returns what the server sent (trimmed), or
+/// None when the connection failed. Bounded by `timeout 5` and a 2 s connect timeout.
+pub fn fetch(ns: &Ns, host: &str, port: u16) -> Option<String> {
+    let o = ns.run(&format!("timeout 5 busybox nc -w 2 {host} {port} </dev/null"));
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    (o.status.success() && !out.is_empty()).then_some(out)
+}

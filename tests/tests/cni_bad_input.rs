@@ -11,16 +11,18 @@ use serde_json::{json, Value};
 
 const NET: &str = "bad-net";
 
-struct Env {
-    node: Ns,
-    pod: Ns,
-    data: TempDir,
+struct Env(Site);
+
+impl std::ops::Deref for Env {
+    type Target = Site;
+    fn deref(&self) -> &Site {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        require_root();
-        Env { node: Ns::new("pn"), pod: Ns::new("pp"), data: TempDir::new("podnet-bad") }
+        Env(Site::new("podnet-bad"))
     }
 
     /// A valid conf (ipMasq, gateway, 10.5.0.0/24) with `extra`'s keys set over it; an `ipam`

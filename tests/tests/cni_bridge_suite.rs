@@ -10,25 +10,21 @@ use serde_json::{json, Value};
 const NET: &str = "br-net";
 
 /// A node, a pod and scratch dirs, with a conf builder for the `podnet` type.
-struct Env {
-    node: Ns,
-    pod: Ns,
-    data: TempDir,
+struct Env(Site);
+
+impl std::ops::Deref for Env {
+    type Target = Site;
+    fn deref(&self) -> &Site {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        require_root();
-        Env { node: Ns::new("pn"), pod: Ns::new("pp"), data: TempDir::new("podnet-br") }
+        Env(Site::new("podnet-br"))
     }
 
-    fn ipam_dir(&self) -> std::path::PathBuf {
-        self.data.path().join("ipam")
-    }
 
-    fn state_dir(&self) -> std::path::PathBuf {
-        self.data.path().join("state")
-    }
 
     /// The base conf (1.0.0, cni0, gateway, 10.1.0.0/24) with `extra`'s top-level keys set over
     /// it; an `ipam` object in `extra` is merged into the base ipam.

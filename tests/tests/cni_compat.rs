@@ -18,7 +18,6 @@
 //! node namespace only, like everything else here.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use cni_bridge::config::NetworkConfig;
 use cni_bridge::engine::{add_network, del_network, Request};
@@ -195,16 +194,7 @@ fn pod_ip(res: &Value, v6: bool) -> Option<String> {
         .find(|a| a.contains(':') == v6)
 }
 
-fn pings(ns: &Ns, dst: &str) -> bool {
-    let cmd = if dst.contains(':') { "busybox ping6" } else { "busybox ping" };
-    retry(5, Duration::from_millis(100), || ns.run(&format!("{cmd} -c 1 -W 1 {dst}")).status.success())
-}
 
-fn fetch(ns: &Ns, host: &str, port: u16) -> Option<String> {
-    let o = ns.run(&format!("timeout 5 busybox nc -w 2 {host} {port} </dev/null"));
-    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    (o.status.success() && !out.is_empty()).then_some(out)
-}
 
 /// What one flavor produced and what worked.
 #[derive(Debug, PartialEq)]

@@ -90,19 +90,7 @@ fn pod_ip(res: &Value, v6: bool) -> String {
         .unwrap_or_else(|| panic!("no {} address in {res}", if v6 { "IPv6" } else { "IPv4" }))
 }
 
-/// Pings `dst` from `ns`: up to 5 one-second attempts.
-fn pings(ns: &Ns, dst: &str) -> bool {
-    let cmd = if dst.contains(':') { "busybox ping6" } else { "busybox ping" };
-    retry(5, Duration::from_millis(100), || ns.run(&format!("{cmd} -c 1 -W 1 {dst}")).status.success())
-}
 
-/// Connects to `host`:`port` over TCP from `ns` and returns what the server sent (trimmed), or
-/// None when the connection failed. Bounded by `timeout 5` and a 2 s connect timeout.
-fn fetch(ns: &Ns, host: &str, port: u16) -> Option<String> {
-    let o = ns.run(&format!("timeout 5 busybox nc -w 2 {host} {port} </dev/null"));
-    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    (o.status.success() && !out.is_empty()).then_some(out)
-}
 
 /// A TCP server in `pod` on `port` answering every connection with `token`.
 fn token_server(pod: &Ns, port: u16, token: &str) -> Background {

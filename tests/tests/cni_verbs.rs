@@ -9,25 +9,21 @@ use serde_json::{json, Value};
 const NET: &str = "verbs-net";
 const ALL_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
-struct Env {
-    node: Ns,
-    pod: Ns,
-    data: TempDir,
+struct Env(Site);
+
+impl std::ops::Deref for Env {
+    type Target = Site;
+    fn deref(&self) -> &Site {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        require_root();
-        Env { node: Ns::new("pn"), pod: Ns::new("pp"), data: TempDir::new("podnet-verbs") }
+        Env(Site::new("podnet-verbs"))
     }
 
-    fn ipam_dir(&self) -> std::path::PathBuf {
-        self.data.path().join("ipam")
-    }
 
-    fn state_dir(&self) -> std::path::PathBuf {
-        self.data.path().join("state")
-    }
 
     /// A `podnet` conf of `version`: default gateway, ipMasq, 10.4.0.0/24, and one hostPort.
     fn conf(&self, version: &str) -> Value {

@@ -336,29 +336,19 @@ pub fn rules_of(plan: &FirewallPlan) -> Result<Vec<Rule>> {
     // hostPort, and (IPv4) the node's loopback reaching one.
     for (pod, from) in &hairpin {
         let family = nfproto(pod);
-        let mut exprs: Vec<Expr> = addr_in(from, true, NFT_CMP_EQ);
-        exprs.extend(addr_eq(pod, false));
-        exprs.extend(ct_status_dnat());
-        exprs.extend([Expr::Counter, Expr::Masq]);
-        out.push(Rule {
-            family,
-            chain: POSTROUTING,
-            exprs,
-            what: format!("hairpin masquerade of {pod}"),
-        });
-        if pod.is_ipv4() {
-            let lo: IpNet =
-                IpNet::new(IpAddr::from([127, 0, 0, 0]), 8).map_err(|e| bad_plan(tag, e))?;
-            let mut exprs = addr_in(&lo, true, NFT_CMP_EQ);
+        // Masquerade DNAT'd traffic from `src` to the pod.
+        let masq_from = |src: &IpNet, what: String| {
+            let mut exprs = addr_in(src, true, NFT_CMP_EQ);
             exprs.extend(addr_eq(pod, false));
             exprs.extend(ct_status_dnat());
             exprs.extend([Expr::Counter, Expr::Masq]);
-            out.push(Rule {
-                family,
-                chain: POSTROUTING,
-                exprs,
-                what: format!("localhost hostPort masquerade to {pod}"),
-            });
+            Rule { family, chain: POSTROUTING, exprs, what }
+        };
+        out.push(masq_from(from, format!("hairpin masquerade of {pod}")));
+        if pod.is_ipv4() {
+            let lo: IpNet =
+                IpNet::new(IpAddr::from([127, 0, 0, 0]), 8).map_err(|e| bad_plan(tag, e))?;
+            out.push(masq_from(&lo, format!("localhost hostPort masquerade to {pod}")));
         }
     }
 
