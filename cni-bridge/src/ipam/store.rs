@@ -16,9 +16,10 @@
 //! dir changes its mtime, and then the index is rebuilt by one scan. To make a foreign
 //! change within the same clock tick still visible, podnet sets the dir's mtime two
 //! seconds in the past after each of its changes: any later real change stamps "now",
-//! which cannot equal that even on filesystems with 1 s or 2 s timestamp granularity. `state` is removed before podnet touches anything and
-//! rewritten only when the index is complete again, so a crash at any point leaves a
-//! missing `state`, i.e. a rebuild. Nothing under `.podnet-index/` parses as an IP or has
+//! which cannot equal that even on filesystems with 1 s or 2 s timestamp granularity.
+//! `state` is emptied before podnet touches anything and rewritten only when the index is
+//! complete again, so a crash at any point leaves an empty or missing `state`, i.e. a
+//! rebuild. Nothing under `.podnet-index/` parses as an IP or has
 //! content equal to `<id>\r\n<ifname>` or `<id>`, so the reference's recursive walks
 //! (ReleaseByID, GetByID) never mistake it for a reservation.
 
@@ -201,9 +202,11 @@ impl Txn<'_> {
 
     fn touch(&mut self) -> Result<()> {
         if !self.dirty {
+            // Emptied in place rather than removed: creating a file costs far more than
+            // truncating one on some filesystems, and empty reads as stale all the same.
             let p = self.state_path();
-            match fs::remove_file(&p) {
-                Ok(()) => {}
+            match fs::OpenOptions::new().write(true).truncate(true).open(&p) {
+                Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err("invalidating index", &p, e)),
             }
