@@ -150,11 +150,9 @@ impl BridgePlugin {
             .link_by_name(&host_veth)
             .map_err(|e| nl_err("look up the host veth", e))?
             .ok_or_else(|| CniError::new(codes::INTERNAL, format!("host veth {host_veth} vanished after creation")))?;
-        if c.hairpin_mode {
-            host.set_hairpin(hv.index, true).map_err(|e| nl_err(&format!("set hairpin mode on {host_veth}"), e))?;
-        }
-        if c.port_isolation {
-            host.set_port_isolated(hv.index, true).map_err(|e| nl_err(&format!("set port isolation on {host_veth}"), e))?;
+        if c.hairpin_mode || c.port_isolation {
+            host.set_bridge_port(hv.index, c.hairpin_mode, c.port_isolation)
+                .map_err(|e| nl_err(&format!("set hairpin mode / port isolation on {host_veth}"), e))?;
         }
         if let Some(vid) = c.vlan {
             host.bridge_vlan(hv.index, vid, BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED, false, false)

@@ -188,10 +188,10 @@ impl NlSocket {
     }
 
     fn request_once(&mut self, mut msg: MsgBuilder) -> Result<Vec<RecvMsg>, NlError> {
-        let flags = msg_flags(&msg);
+        let flags = msg.flags();
         let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         if !is_dump {
-            msg = set_flags(msg, flags | NLM_F_ACK);
+            msg = msg.with_flags(flags | NLM_F_ACK);
         }
         let seq = self.next_seq();
         self.send(&msg.finish(seq))?;
@@ -239,10 +239,10 @@ impl NlSocket {
         bytes.extend(begin.finish(begin_seq));
         let mut seqs = Vec::with_capacity(msgs.len());
         for m in msgs {
-            let f = msg_flags(&m);
+            let f = m.flags();
             let seq = self.next_seq();
             seqs.push(seq);
-            bytes.extend(set_flags(m, f | NLM_F_ACK).finish(seq));
+            bytes.extend(m.with_flags(f | NLM_F_ACK).finish(seq));
         }
         let end_seq = self.next_seq();
         bytes.extend(end.finish(end_seq));
@@ -277,14 +277,6 @@ impl NlSocket {
             None => Ok(out),
         }
     }
-}
-
-fn msg_flags(m: &MsgBuilder) -> u16 {
-    m.flags()
-}
-
-fn set_flags(m: MsgBuilder, flags: u16) -> MsgBuilder {
-    m.with_flags(flags)
 }
 
 /// The (negated) errno of an NLMSG_ERROR body.

@@ -244,23 +244,15 @@ impl Rtnl {
         self.set_flags(index, if on { IFF_PROMISC } else { 0 }, IFF_PROMISC)
     }
 
-    /// Hairpin mode of a bridge port (reflective relay back out the port it came in on).
-    pub fn set_hairpin(&mut self, index: u32, on: bool) -> Result<(), NlError> {
+    /// Port flags of a bridge port, in one request: hairpin mode (reflective relay back out
+    /// the port a frame came in on) and isolation (isolated ports only reach non-isolated
+    /// ones, `bridge link set dev <port> isolated on`).
+    pub fn set_bridge_port(&mut self, index: u32, hairpin: bool, isolated: bool) -> Result<(), NlError> {
         let mut m = MsgBuilder::new(RTM_SETLINK, NLM_F_REQUEST)
             .header(&ifinfomsg(libc::AF_BRIDGE as u8, index, 0, 0));
         let p = m.nest_start(IFLA_PROTINFO);
-        m.attr_u8(IFLA_BRPORT_MODE, on as u8);
-        m.nest_end(p);
-        self.sock.request(m).map(drop)
-    }
-
-    /// Port isolation of a bridge port: isolated ports cannot talk to each other, only to
-    /// non-isolated ones (`bridge link set dev <port> isolated on`).
-    pub fn set_port_isolated(&mut self, index: u32, on: bool) -> Result<(), NlError> {
-        let mut m = MsgBuilder::new(RTM_SETLINK, NLM_F_REQUEST)
-            .header(&ifinfomsg(libc::AF_BRIDGE as u8, index, 0, 0));
-        let p = m.nest_start(IFLA_PROTINFO);
-        m.attr_u8(IFLA_BRPORT_ISOLATED, on as u8);
+        m.attr_u8(IFLA_BRPORT_MODE, hairpin as u8);
+        m.attr_u8(IFLA_BRPORT_ISOLATED, isolated as u8);
         m.nest_end(p);
         self.sock.request(m).map(drop)
     }

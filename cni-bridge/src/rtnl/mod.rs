@@ -102,7 +102,7 @@ mod tests {
             .unwrap();
             let vh = nl.link_by_name("vh0").unwrap().unwrap();
             assert_eq!(vh.master, Some(br.index));
-            nl.set_hairpin(vh.index, true).unwrap();
+            nl.set_bridge_port(vh.index, true, false).unwrap();
             nl.add_addr(br.index, "10.9.0.1/24".parse().unwrap(), true).unwrap();
             nl.add_addr(br.index, "fd00:9::1/64".parse().unwrap(), true).unwrap();
             let addrs = nl.addrs(br.index, None).unwrap();
