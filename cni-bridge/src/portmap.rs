@@ -155,7 +155,7 @@ mod tests {
         let v4: IpNet = "10.0.0.5/24".parse().unwrap();
         let v6: IpNet = "fd00::5/64".parse().unwrap();
         let any = PortMapping { host_port: 8080, container_port: 80, protocol: Protocol::Tcp, host_ip: None };
-        let only4 = PortMapping { host_ip: Some("127.0.0.1".parse().unwrap()), ..any.clone() };
+        let only4 = PortMapping { host_ip: Some("127.0.0.1".parse().unwrap()), ..any };
         let p = plan(&[any, only4], &[v4, v6]);
         assert_eq!(p.len(), 3);
         assert_eq!(p.iter().filter(|m| m.pod_ip == v6.addr()).count(), 1);
