@@ -394,3 +394,20 @@ pub fn fetch(ns: &Ns, host: &str, port: u16) -> Option<String> {
     let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
     (o.status.success() && !out.is_empty()).then_some(out)
 }
+
+/// `base` with `extra`'s top-level keys set over it; an `ipam` object in `extra` is merged
+/// key by key into the base's ipam instead of replacing it.
+pub fn merge_conf(mut base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    let serde_json::Value::Object(extra) = extra else { panic!("extra conf keys must be an object") };
+    for (k, v) in extra {
+        match v {
+            serde_json::Value::Object(ipam) if k == "ipam" => {
+                for (ik, iv) in ipam {
+                    base["ipam"][ik] = iv;
+                }
+            }
+            v => base[k] = v,
+        }
+    }
+    base
+}

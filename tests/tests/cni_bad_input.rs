@@ -28,26 +28,17 @@ impl Env {
     /// A valid conf (ipMasq, gateway, 10.5.0.0/24) with `extra`'s keys set over it; an `ipam`
     /// object in `extra` replaces keys of the base ipam.
     fn conf(&self, extra: Value) -> Value {
-        let mut c = json!({
+        let base = json!({
             "cniVersion": "1.0.0",
             "name": NET,
             "type": "podnet",
             "bridge": "cni0",
             "isDefaultGateway": true,
             "ipMasq": true,
-            "stateDir": self.data.path().join("state"),
-            "ipam": {"type": "host-local", "dataDir": self.data.path().join("ipam"), "ranges": [[{"subnet": "10.5.0.0/24"}]]}
+            "stateDir": self.state_dir(),
+            "ipam": {"type": "host-local", "dataDir": self.ipam_dir(), "ranges": [[{"subnet": "10.5.0.0/24"}]]}
         });
-        for (k, v) in extra.as_object().expect("extra is an object") {
-            if k == "ipam" && v.is_object() {
-                for (ik, iv) in v.as_object().unwrap() {
-                    c["ipam"][ik] = iv.clone();
-                }
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        c
+        merge_conf(base, extra)
     }
 
     fn add(&self, conf: &Value) -> PluginOutput {

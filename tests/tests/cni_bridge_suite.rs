@@ -24,12 +24,10 @@ impl Env {
         Env(Site::new("podnet-br"))
     }
 
-
-
     /// The base conf (1.0.0, cni0, gateway, 10.1.0.0/24) with `extra`'s top-level keys set over
     /// it; an `ipam` object in `extra` is merged into the base ipam.
     fn conf(&self, extra: Value) -> Value {
-        let mut c = json!({
+        let base = json!({
             "cniVersion": "1.0.0",
             "name": NET,
             "type": "podnet",
@@ -38,16 +36,7 @@ impl Env {
             "stateDir": self.state_dir(),
             "ipam": {"type": "host-local", "dataDir": self.ipam_dir(), "ranges": [[{"subnet": "10.1.0.0/24"}]]}
         });
-        for (k, v) in extra.as_object().expect("extra is an object") {
-            if k == "ipam" {
-                for (ik, iv) in v.as_object().expect("ipam is an object") {
-                    c["ipam"][ik] = iv.clone();
-                }
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        c
+        merge_conf(base, extra)
     }
 
     fn add(&self, cid: &str, conf: &Value) -> PluginOutput {

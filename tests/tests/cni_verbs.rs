@@ -23,8 +23,6 @@ impl Env {
         Env(Site::new("podnet-verbs"))
     }
 
-
-
     /// A `podnet` conf of `version`: default gateway, ipMasq, 10.4.0.0/24, and one hostPort.
     fn conf(&self, version: &str) -> Value {
         json!({
