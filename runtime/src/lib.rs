@@ -1,1 +1,54 @@
-//! Container lifecycle (pause sandbox, app containers in container mode). Built in a later issue.
+//! podnet's container runtime: OCI containers on libcontainer (youki), the pod's pause
+//! sandbox, and app containers joined to it in container mode. The shim drives it; it has no
+//! containerd or protobuf types.
+//!
+//! Process model: every container init and exec'd process is a child of the calling process,
+//! tracked by a pidfd (exits are waited for on the fd, no polling, no `waitpid(-1)`). Creates
+//! and execs clone the calling process, so they are serialized, and the caller should not run
+//! other threads that allocate while one is in progress (libcontainer clones without fork
+//! handlers).
+pub mod container;
+pub mod error;
+pub mod process;
+pub mod sandbox;
+pub mod spec;
+pub mod stdio;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub use container::{Container, CreateOptions, ExecProcess, Stats, Status};
+pub use error::{Error, Result};
+pub use libcontainer::oci_spec;
+pub use process::{Exit, Process};
+pub use sandbox::{NsMode, SandboxConfig, SandboxHandle, PAUSE_BINARY};
+pub use stdio::{Io, StdioConfig};
+
+/// The default state directory.
+pub const DEFAULT_ROOT: &str = "/run/podnet/runtime";
+
+/// Creates containers; holds the state directory. Containers live in `<root>/<id>`.
+pub struct Runtime {
+    root: PathBuf,
+    pause_override: Option<PathBuf>,
+    fork_lock: Mutex<()>,
+}
+
+impl Runtime {
+    /// Opens (creating it if needed) the state directory `root`.
+    pub fn new(root: impl AsRef<Path>) -> Result<Runtime> {
+        let root = root.as_ref().to_path_buf();
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        Ok(Runtime { root, pause_override: None, fork_lock: Mutex::new(()) })
+    }
+
+    /// Uses the pause binary at `path` (static) instead of the embedded one.
+    pub fn with_pause_binary(mut self, path: impl Into<PathBuf>) -> Runtime {
+        self.pause_override = Some(path.into());
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}

@@ -4,6 +4,9 @@
 //! when the test fails, and deleting the node namespace takes its bridges, veths and nft
 //! tables with it: nothing touches the host's own interfaces, routes or firewall.
 
+pub mod leaks;
+pub mod oci;
+
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;

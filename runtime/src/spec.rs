@@ -1,0 +1,323 @@
+//! Reading a bundle's config.json and turning it into the spec libcontainer runs.
+//!
+//! Everything a user can get wrong is checked here, before anything is created, and reported
+//! with the JSON path of the offending field. The spec is then adapted: namespaces joined
+//! through a sandbox handle, AppArmor dropped with a warning where the kernel has none,
+//! `oomScoreAdj` taken out (the runtime applies it to the container's init itself: libcontainer
+//! would write it to the calling process, which here is the long-lived shim).
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
+
+use crate::error::{Error, Result};
+
+/// `ioctl(NS_GET_NSTYPE)`: which kind of namespace an nsfs file is.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+const APPARMOR_ENABLED: &str = "/sys/module/apparmor/parameters/enabled";
+
+/// A spec checked and adapted for libcontainer, with what was taken out of it.
+#[derive(Debug)]
+pub struct Prepared {
+    pub spec: Spec,
+    pub oom_score_adj: Option<i32>,
+    pub warnings: Vec<String>,
+}
+
+/// Reads `<bundle>/config.json`. A malformed file is reported with the JSON path and the
+/// position of the problem; an unknown enum value (a capability, an rlimit, a namespace type)
+/// is named as such.
+pub fn load(bundle: &Path) -> Result<Spec> {
+    let file = bundle.join("config.json");
+    let bytes = fs::read(&file).map_err(|e| {
+        let what = if bundle.is_dir() { "cannot read it" } else { "the bundle directory is missing" };
+        Error::spec(&file, "config.json", format!("{what}: {e}"))
+    })?;
+    parse(&file, &bytes)
+}
+
+pub fn parse(file: &Path, bytes: &[u8]) -> Result<Spec> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize::<_, Spec>(de).map_err(|err| {
+        let field = match err.path().to_string() {
+            p if p == "." => "config.json".to_string(),
+            p => p,
+        };
+        let inner = err.inner();
+        let mut msg = inner.to_string();
+        // serde lists every accepted value after an unknown one; keep the message readable.
+        if let Some(i) = msg.find(", expected one of") {
+            let pos = msg.rfind(" at line").map(|j| msg[j..].to_string()).unwrap_or_default();
+            msg.truncate(i);
+            msg.push_str(&pos);
+        }
+        if field.starts_with("process.capabilities") {
+            // oci-spec says "no variant for CAP_X (converted to X)"; name it plainly.
+            if let Some(rest) = msg.strip_prefix("no variant for ") {
+                let name = rest.split(' ').next().unwrap_or(rest).to_string();
+                let pos = msg.rfind(" at line").map(|j| msg[j..].to_string()).unwrap_or_default();
+                msg = format!("unknown capability `{name}`{pos}");
+            }
+        }
+        Error::spec(file, field, msg)
+    })
+}
+
+/// Checks `spec` (read from `file` in `bundle`) and adapts it for libcontainer. `cgroup_default`
+/// is used when the spec names no cgroupsPath.
+pub fn prepare(mut spec: Spec, bundle: &Path, file: &Path, cgroup_default: &str) -> Result<Prepared> {
+    let bad = |field: &str, msg: String| Error::spec(file, field, msg);
+    let mut warnings = Vec::new();
+
+    if !spec.version().starts_with("1.") {
+        return Err(bad("ociVersion", format!("{:?} is not supported (1.x is)", spec.version())));
+    }
+
+    // The root file system, resolved against the bundle as the OCI spec says.
+    let root = spec.root().as_ref().ok_or_else(|| bad("root", "missing".into()))?;
+    let root_path = if root.path().is_absolute() { root.path().clone() } else { bundle.join(root.path()) };
+    match fs::metadata(&root_path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(bad("root.path", format!("{} is not a directory", root_path.display()))),
+        Err(e) => return Err(bad("root.path", format!("{}: {e}", root_path.display()))),
+    }
+    let mut root = root.clone();
+    root.set_path(root_path);
+    spec.set_root(Some(root));
+
+    let process = spec.process().as_ref().ok_or_else(|| bad("process", "missing".into()))?;
+    match process.args() {
+        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
+        _ => return Err(bad("process.args", "empty: nothing to run".into())),
+    }
+    if !process.cwd().is_absolute() {
+        return Err(bad("process.cwd", format!("{} is not absolute", process.cwd().display())));
+    }
+    let mut process = process.clone();
+    let oom_score_adj = process.oom_score_adj().take();
+    process.set_oom_score_adj(None);
+    if let Some(profile) = process.apparmor_profile().clone() {
+        if !apparmor_enabled() {
+            let w = format!("process.apparmorProfile {profile:?} skipped: AppArmor is not enabled on this kernel");
+            tracing::warn!("{w}");
+            warnings.push(w);
+            process.set_apparmor_profile(None);
+        }
+    }
+    spec.set_process(Some(process));
+
+    let linux = spec.linux().as_ref().ok_or_else(|| bad("linux", "missing".into()))?;
+    let mut linux = linux.clone();
+    if let Some(namespaces) = linux.namespaces() {
+        let mut seen = Vec::new();
+        for (i, ns) in namespaces.iter().enumerate() {
+            if seen.contains(&ns.typ()) {
+                return Err(bad(&format!("linux.namespaces[{i}]"), format!("{} namespace listed twice", ns_name(ns.typ()))));
+            }
+            seen.push(ns.typ());
+            if let Some(path) = ns.path() {
+                check_namespace_path(path, ns.typ())
+                    .map_err(|msg| bad(&format!("linux.namespaces[{i}].path"), msg))?;
+            }
+        }
+    }
+    match linux.cgroups_path() {
+        Some(p) if !p.is_absolute() && p.to_string_lossy().contains(':') => {
+            return Err(Error::Unsupported(format!(
+                "linux.cgroupsPath {:?} is in the systemd driver's slice:prefix:name form; podnet manages cgroupfs paths only (use SystemdCgroup = false)",
+                p.display()
+            )));
+        }
+        Some(_) => {}
+        None => {
+            linux.set_cgroups_path(Some(PathBuf::from(cgroup_default)));
+        }
+    }
+    spec.set_linux(Some(linux));
+
+    Ok(Prepared { spec, oom_score_adj, warnings })
+}
+
+/// Points the spec's namespaces of the given kinds at `/proc/<pid>/ns/...`: joining a running
+/// sandbox (container mode). Kinds the spec does not list are added.
+pub fn join_namespaces(spec: &mut Spec, pid: i32, kinds: &[LinuxNamespaceType]) {
+    let Some(mut linux) = spec.linux().clone() else { return };
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    for kind in kinds {
+        let path = PathBuf::from(format!("/proc/{pid}/ns/{}", proc_ns_name(*kind)));
+        match namespaces.iter_mut().find(|ns| ns.typ() == *kind) {
+            Some(ns) => {
+                ns.set_path(Some(path));
+            }
+            None => {
+                let mut ns = LinuxNamespace::default();
+                ns.set_typ(*kind);
+                ns.set_path(Some(path));
+                namespaces.push(ns);
+            }
+        }
+    }
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+}
+
+/// Writes the prepared spec as `<dir>/config.json` (the bundle libcontainer reads).
+pub fn write(spec: &Spec, dir: &Path) -> Result<()> {
+    let path = dir.join("config.json");
+    let bytes = serde_json::to_vec(spec)
+        .map_err(|e| Error::io(format!("encoding {}", path.display()), e.into()))?;
+    fs::write(&path, bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+fn check_namespace_path(path: &Path, want: LinuxNamespaceType) -> std::result::Result<(), String> {
+    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let got = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE) };
+    if got < 0 {
+        return Err(format!("{} is not a namespace file", path.display()));
+    }
+    if got != want as i32 {
+        return Err(format!(
+            "{} is a {} namespace, not {}",
+            path.display(),
+            ns_kind_name(got),
+            ns_name(want)
+        ));
+    }
+    Ok(())
+}
+
+fn apparmor_enabled() -> bool {
+    fs::read_to_string(APPARMOR_ENABLED).map(|s| s.starts_with('Y')).unwrap_or(false)
+}
+
+/// The OCI name of a namespace kind ("network", "mount", ...).
+pub fn ns_name(kind: LinuxNamespaceType) -> &'static str {
+    match kind {
+        LinuxNamespaceType::Mount => "mount",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "network",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+/// The file name under /proc/<pid>/ns/.
+pub fn proc_ns_name(kind: LinuxNamespaceType) -> &'static str {
+    match kind {
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Network => "net",
+        other => ns_name(other),
+    }
+}
+
+fn ns_kind_name(flag: i32) -> &'static str {
+    [
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::User,
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Network,
+        LinuxNamespaceType::Time,
+    ]
+    .into_iter()
+    .find(|k| *k as i32 == flag)
+    .map(ns_name)
+    .unwrap_or("unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal(extra: &str) -> String {
+        format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"process":{{"user":{{"uid":0,"gid":0}},"args":["/bin/true"],"cwd":"/"}},"linux":{{"namespaces":[{{"type":"pid"}}]}}{extra}}}"#
+        )
+    }
+
+    fn err_text(json: &str) -> String {
+        parse(Path::new("/b/config.json"), json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn malformed_json_names_position() {
+        let e = err_text(r#"{"ociVersion": "1.0.2", "process": {"args": ["/bin/true",}}"#);
+        assert!(e.starts_with("/b/config.json: process.args"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn unknown_capability_is_named() {
+        let json = minimal("").replace(
+            r#""cwd":"/""#,
+            r#""cwd":"/","capabilities":{"bounding":["CAP_KILL","CAP_BOGUS"]}"#,
+        );
+        let e = err_text(&json);
+        assert!(e.contains("process.capabilities.bounding"), "{e}");
+        assert!(e.contains("unknown capability `CAP_BOGUS`"), "{e}");
+        assert!(!e.contains("expected one of"), "{e}");
+    }
+
+    #[test]
+    fn prepare_checks_root_args_and_namespaces() {
+        let dir = std::env::temp_dir().join(format!("podnet-spec-{}", std::process::id()));
+        fs::create_dir_all(dir.join("rootfs")).unwrap();
+        let file = dir.join("config.json");
+        let ok = parse(&file, minimal("").as_bytes()).unwrap();
+        let p = prepare(ok.clone(), &dir, &file, "/podnet/x").unwrap();
+        assert_eq!(p.spec.root().as_ref().unwrap().path(), &dir.join("rootfs"));
+        assert_eq!(p.spec.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("/podnet/x")));
+
+        let e = prepare(ok.clone(), Path::new("/nonexistent-bundle"), &file, "/x").unwrap_err().to_string();
+        assert!(e.contains("root.path: /nonexistent-bundle/rootfs: No such file"), "{e}");
+
+        let bad_ns = minimal("").replace(r#"{"type":"pid"}"#, r#"{"type":"network","path":"/proc/self/ns/nope"}"#);
+        let e = prepare(parse(&file, bad_ns.as_bytes()).unwrap(), &dir, &file, "/x").unwrap_err().to_string();
+        assert!(e.contains("linux.namespaces[0].path: /proc/self/ns/nope"), "{e}");
+
+        let wrong_kind = minimal("").replace(r#"{"type":"pid"}"#, r#"{"type":"network","path":"/proc/self/ns/uts"}"#);
+        let e = prepare(parse(&file, wrong_kind.as_bytes()).unwrap(), &dir, &file, "/x").unwrap_err().to_string();
+        assert!(e.contains("is a uts namespace, not network"), "{e}");
+
+        let no_args = minimal("").replace(r#"["/bin/true"]"#, "[]");
+        let e = prepare(parse(&file, no_args.as_bytes()).unwrap(), &dir, &file, "/x").unwrap_err().to_string();
+        assert!(e.contains("process.args: empty"), "{e}");
+
+        let systemd = minimal(r#","x":1"#).replace(r#""namespaces""#, r#""cgroupsPath":"system.slice:cri:abc","namespaces""#);
+        let e = prepare(parse(&file, systemd.as_bytes()).unwrap(), &dir, &file, "/x").unwrap_err().to_string();
+        assert!(e.contains("systemd"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn oom_score_adj_and_apparmor_are_taken_out() {
+        let dir = std::env::temp_dir().join(format!("podnet-spec2-{}", std::process::id()));
+        fs::create_dir_all(dir.join("rootfs")).unwrap();
+        let file = dir.join("config.json");
+        let json = minimal("").replace(r#""cwd":"/""#, r#""cwd":"/","oomScoreAdj":500,"apparmorProfile":"x""#);
+        let p = prepare(parse(&file, json.as_bytes()).unwrap(), &dir, &file, "/x").unwrap();
+        assert_eq!(p.oom_score_adj, Some(500));
+        assert!(p.spec.process().as_ref().unwrap().oom_score_adj().is_none());
+        if !apparmor_enabled() {
+            assert!(p.spec.process().as_ref().unwrap().apparmor_profile().is_none());
+            assert!(p.warnings[0].contains("AppArmor"));
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn join_sets_proc_paths() {
+        let mut spec = parse(Path::new("c"), minimal("").as_bytes()).unwrap();
+        join_namespaces(&mut spec, 42, &[LinuxNamespaceType::Network, LinuxNamespaceType::Pid]);
+        let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let path = |k| ns.iter().find(|n| n.typ() == k).and_then(|n| n.path().clone());
+        assert_eq!(path(LinuxNamespaceType::Network), Some(PathBuf::from("/proc/42/ns/net")));
+        assert_eq!(path(LinuxNamespaceType::Pid), Some(PathBuf::from("/proc/42/ns/pid")));
+    }
+}
