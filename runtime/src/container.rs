@@ -179,7 +179,7 @@ impl Runtime {
             // processes of a failed one are found among this thread's new children.
             let _fork = self.fork_lock.lock().unwrap_or_else(|p| p.into_inner());
             let before = process::thread_children();
-            let built = (|| {
+            let (built, details) = crate::capture::errors_of(|| {
                 let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
                     .with_root_path(dir)?
                     .with_console_socket(pending.console.as_ref().map(|(p, _)| p.clone()));
@@ -196,12 +196,12 @@ impl Runtime {
                     b = b.with_executor(exec);
                 }
                 b.validate_id()?.as_init(dir).with_systemd(false).with_detach(true).build()
-            })();
+            });
             match built {
                 Ok(lc) => lc,
                 Err(err) => {
                     process::reap_new_children(&before);
-                    return Err(Error::container(format!("creating container {id:?}"), &err));
+                    return Err(detailed(Error::container(format!("creating container {id:?}"), &err), details));
                 }
             }
         };
@@ -236,6 +236,17 @@ impl Runtime {
             sandbox_kinds,
             warnings,
         })
+    }
+}
+
+/// Appends what libcontainer logged about a failure (the cause, from inside the container's
+/// init) to the error.
+fn detailed(err: Error, details: Vec<String>) -> Error {
+    match err {
+        Error::Container { context, msg } if !details.is_empty() => {
+            Error::Container { context, msg: format!("{msg} ({})", details.join("; ")) }
+        }
+        other => other,
     }
 }
 
@@ -436,7 +447,7 @@ impl Container {
         let pid = {
             let _fork = runtime.fork_lock.lock().unwrap_or_else(|p| p.into_inner());
             let before = process::thread_children();
-            let built = (|| {
+            let (built, details) = crate::capture::errors_of(|| {
                 let mut b = ContainerBuilder::new(self.id.clone(), SyscallType::default())
                     .with_root_path(&self.dir)?
                     .with_console_socket(pending.console.as_ref().map(|(p, _)| p.clone()));
@@ -450,12 +461,12 @@ impl Container {
                     b = b.with_stderr(fd);
                 }
                 b.as_tenant().with_process(Some(json)).with_detach(true).build()
-            })();
+            });
             match built {
                 Ok(pid) => pid,
                 Err(err) => {
                     process::reap_new_children(&before);
-                    return Err(Error::container(what, &err));
+                    return Err(detailed(Error::container(what, &err), details));
                 }
             }
         };

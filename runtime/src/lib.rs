@@ -7,8 +7,10 @@
 //! and execs clone the calling process, so they are serialized, and the caller should not run
 //! other threads that allocate while one is in progress (libcontainer clones without fork
 //! handlers).
+mod capture;
 pub mod container;
 pub mod error;
+pub mod pod;
 pub mod process;
 pub mod sandbox;
 pub mod spec;
@@ -20,6 +22,7 @@ use std::sync::Mutex;
 pub use container::{Container, CreateOptions, ExecProcess, Stats, Status};
 pub use error::{Error, Result};
 pub use libcontainer::oci_spec;
+pub use pod::Pod;
 pub use process::{Exit, Process};
 pub use sandbox::{NsMode, SandboxConfig, SandboxHandle, PAUSE_BINARY};
 pub use stdio::{Io, StdioConfig};

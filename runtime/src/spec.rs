@@ -134,9 +134,69 @@ pub fn prepare(mut spec: Spec, bundle: &Path, file: &Path, cgroup_default: &str)
             linux.set_cgroups_path(Some(PathBuf::from(cgroup_default)));
         }
     }
+    let cgroup_path = linux.cgroups_path().clone().unwrap_or_default();
+    let joins_pid = linux
+        .namespaces()
+        .as_ref()
+        .is_some_and(|n| n.iter().any(|ns| ns.typ() == LinuxNamespaceType::Pid && ns.path().is_some()));
     spec.set_linux(Some(linux));
+    if joins_pid {
+        rewrite_v1_cgroup_mounts(&mut spec, &cgroup_path, &v1_hierarchies());
+    }
 
     Ok(Prepared { spec, oom_score_adj, warnings })
+}
+
+/// libcontainer mounts cgroup v1 by looking up its parent's cgroups in the host's /proc under
+/// the PID the init has in its own PID namespace. In a joined PID namespace (a pod sharing its
+/// PIDs) that number names another host process, or none, and the mount fails at random. For
+/// those containers the `cgroup` mount becomes what it amounts to: a tmpfs with the
+/// container's own cgroup of each v1 hierarchy bind-mounted in.
+fn rewrite_v1_cgroup_mounts(spec: &mut Spec, cgroup_path: &Path, hierarchies: &[PathBuf]) {
+    let Some(mounts) = spec.mounts().clone() else { return };
+    if hierarchies.is_empty() || !mounts.iter().any(|m| m.typ().as_deref() == Some("cgroup")) {
+        return;
+    }
+    let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
+    let mut out = Vec::with_capacity(mounts.len() + hierarchies.len());
+    for m in mounts {
+        if m.typ().as_deref() != Some("cgroup") {
+            out.push(m);
+            continue;
+        }
+        let ro = m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == "ro"));
+        let tmpfs = serde_json::json!({"destination": m.destination(), "type": "tmpfs", "source": "tmpfs",
+                                       "options": ["noexec", "nosuid", "nodev", "mode=755"]});
+        out.extend(serde_json::from_value(tmpfs).ok());
+        for h in hierarchies {
+            let Some(name) = h.file_name() else { continue };
+            let mut options = vec!["rbind", "nosuid", "noexec", "nodev"];
+            if ro {
+                options.push("ro");
+            }
+            let bind = serde_json::json!({"destination": m.destination().join(name), "type": "bind",
+                                          "source": h.join(rel), "options": options});
+            out.extend(serde_json::from_value(bind).ok());
+        }
+    }
+    spec.set_mounts(Some(out));
+}
+
+/// Mount points of the host's cgroup v1 controller hierarchies under /sys/fs/cgroup (none on
+/// a pure v2 host). Named hierarchies (name=systemd) are left out: no container cgroup is
+/// made in them.
+fn v1_hierarchies() -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    info.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut post = post.split_whitespace();
+            let fstype = post.next()?;
+            let named = post.nth(1).is_some_and(|opts| opts.split(',').any(|o| o.starts_with("name=")));
+            let mount_point = pre.split_whitespace().nth(4)?;
+            (fstype == "cgroup" && !named && mount_point.starts_with("/sys/fs/cgroup/")).then(|| PathBuf::from(mount_point))
+        })
+        .collect()
 }
 
 /// Points the spec's namespaces of the given kinds at `/proc/<pid>/ns/...`: joining a running
@@ -309,6 +369,24 @@ mod tests {
             assert!(p.warnings[0].contains("AppArmor"));
         }
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn v1_cgroup_mount_becomes_binds_of_the_container_cgroup() {
+        let json = minimal(r#","mounts":[{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["nosuid","ro"]}]"#);
+        let mut spec = parse(Path::new("c"), json.as_bytes()).unwrap();
+        let h = [PathBuf::from("/sys/fs/cgroup/memory"), PathBuf::from("/sys/fs/cgroup/pids")];
+        rewrite_v1_cgroup_mounts(&mut spec, Path::new("/pod/c1"), &h);
+        let m = spec.mounts().clone().unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].typ().as_deref(), Some("tmpfs"));
+        assert_eq!(m[2].source().as_deref(), Some(Path::new("/sys/fs/cgroup/pids/pod/c1")));
+        assert_eq!(m[2].destination(), Path::new("/sys/fs/cgroup/pids"));
+        assert!(m[2].options().as_ref().unwrap().contains(&"ro".to_string()));
+        // Nothing to do on a pure v2 host.
+        let mut spec = parse(Path::new("c"), json.as_bytes()).unwrap();
+        rewrite_v1_cgroup_mounts(&mut spec, Path::new("/pod/c1"), &[]);
+        assert_eq!(spec.mounts().clone().unwrap()[0].typ().as_deref(), Some("cgroup"));
     }
 
     #[test]

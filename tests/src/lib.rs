@@ -6,6 +6,7 @@
 
 pub mod leaks;
 pub mod oci;
+pub mod rt;
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};

@@ -1,0 +1,135 @@
+//! Fixtures for the runtime's root tests: a runtime with its own state directory, a network
+//! namespace the containers live in, bundles from the busybox rootfs, fifos like the ones
+//! containerd passes, and the leak check around it all.
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use podnet_runtime::Runtime;
+
+use crate::leaks::{self, Snapshot};
+use crate::oci::{shared_busybox_rootfs, Spec};
+use crate::{unique, Ns, TempDir};
+
+/// One test's world. Holds the leak checker's lock; `finish` checks nothing was left.
+pub struct RtEnv {
+    pub runtime: Runtime,
+    /// The network namespace containers are put in (no route out).
+    pub ns: Ns,
+    pub dir: TempDir,
+    /// Part of every cgroup path the test's containers use.
+    pub marker: String,
+    before: Option<Snapshot>,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl RtEnv {
+    pub fn new(prefix: &str) -> RtEnv {
+        crate::require_root();
+        let serial = leaks::serial();
+        let marker = unique(&format!("pn{prefix}"));
+        // The rootfs is built before the snapshot (it is shared and stays).
+        shared_busybox_rootfs();
+        let before = Snapshot::take(&marker);
+        let dir = TempDir::new(&format!("rt-{prefix}"));
+        let runtime = Runtime::new(dir.path().join("root")).expect("runtime root");
+        let ns = Ns::new("rt");
+        RtEnv { runtime, ns, dir, marker, before: Some(before), _serial: serial }
+    }
+
+    /// A busybox spec running `args`, in the test's network namespace, with a cgroup path
+    /// that carries the marker.
+    pub fn spec(&self, args: &[&str]) -> Spec {
+        Spec::new(&shared_busybox_rootfs(), args)
+            .namespace("network", Some(&self.ns.path))
+            .cgroups_path(&format!("/{}-{}", self.marker, unique("c")))
+    }
+
+    /// Writes `spec` as a bundle in a fresh directory and returns the bundle directory.
+    pub fn bundle(&self, spec: &Spec) -> PathBuf {
+        let dir = self.dir.path().join(unique("bundle"));
+        std::fs::create_dir_all(&dir).expect("bundle dir");
+        spec.write_bundle(&dir);
+        dir
+    }
+
+    /// A cgroup path for a pod's sandbox.
+    pub fn cgroup(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("/{}-{name}", self.marker))
+    }
+
+    /// A fifo in the test directory, as containerd makes them.
+    pub fn fifo(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(unique(name));
+        let c = CString::new(p.as_os_str().as_bytes()).expect("fifo path");
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", p.display());
+        p
+    }
+
+    /// Checks that nothing the test created is left (processes, mounts, cgroups, namespaces).
+    pub fn finish(mut self) {
+        let before = self.before.take().expect("snapshot");
+        let marker = self.marker.clone();
+        // The runtime's state directory must be empty but for the pause's files.
+        let left: Vec<_> = std::fs::read_dir(self.runtime.root())
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let left: Vec<_> = left.into_iter().filter(|n| !n.starts_with('.')).collect();
+        assert!(left.is_empty(), "runtime state left behind: {left:?}");
+        drop(self);
+        leaks::assert_no_leaks(&before, &marker);
+    }
+}
+
+/// Reads a fifo (or pipe) to EOF on a thread, as containerd's client does: opened before the
+/// container is created, without blocking.
+pub struct Reader(JoinHandle<Vec<u8>>);
+
+impl Reader {
+    pub fn open(path: &Path) -> Reader {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        Reader(std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let mut p = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&f), events: libc::POLLIN, revents: 0 };
+                unsafe { libc::poll(&mut p, 1, -1) };
+                match f.read(&mut buf) {
+                    Ok(0) => {
+                        // EOF once a writer has come and gone (POLLHUP); before that, keep waiting.
+                        if p.revents & libc::POLLHUP != 0 {
+                            return out;
+                        }
+                    }
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EIO) => return out,
+                    Err(e) => panic!("reading fifo: {e}"),
+                }
+            }
+        }))
+    }
+
+    /// Everything written until the last writer closed.
+    pub fn text(self) -> String {
+        String::from_utf8_lossy(&self.0.join().expect("reader thread")).into_owned()
+    }
+}
+
+/// Opens a fifo for writing (the runtime holds its read side open).
+pub fn writer(path: &Path) -> File {
+    OpenOptions::new().write(true).open(path).unwrap_or_else(|e| panic!("open {} for writing: {e}", path.display()))
+}
+
+pub fn write_line(f: &mut File, line: &str) {
+    f.write_all(line.as_bytes()).expect("write fifo");
+    f.write_all(b"\n").expect("write fifo");
+}
