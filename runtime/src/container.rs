@@ -209,19 +209,15 @@ impl Runtime {
             return Err(Error::Container { context: format!("creating container {id:?}"), msg: "no init pid in its state".into() });
         };
         let init = Process::from_child(pid.as_raw()).map_err(|e| Error::io(format!("tracking the init of {id:?}"), e))?;
-        let kill_init = |e: Error| {
+        // A failure from here on leaves an init blocked before start: end it.
+        let kill_init = |_: &Error| {
             let _ = init.signal(libc::SIGKILL);
             let _ = init.wait();
-            e
         };
         if let Some(score) = oom_score_adj {
-            set_oom_score_adj(pid.as_raw(), score).map_err(kill_init)?;
+            set_oom_score_adj(pid.as_raw(), score).inspect_err(kill_init)?;
         }
-        let io = pending.start(&format!("container {id:?}")).map_err(|e| {
-            let _ = init.signal(libc::SIGKILL);
-            let _ = init.wait();
-            e
-        })?;
+        let io = pending.start(&format!("container {id:?}")).inspect_err(kill_init)?;
         Ok(Container {
             id: id.to_string(),
             dir: dir.to_path_buf(),

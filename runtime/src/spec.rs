@@ -95,7 +95,7 @@ pub fn prepare(mut spec: Spec, bundle: &Path, file: &Path, cgroup_default: &str)
         return Err(bad("process.cwd", format!("{} is not absolute", process.cwd().display())));
     }
     let mut process = process.clone();
-    let oom_score_adj = process.oom_score_adj().take();
+    let oom_score_adj = process.oom_score_adj();
     process.set_oom_score_adj(None);
     if let Some(profile) = process.apparmor_profile().clone() {
         if !apparmor_enabled() {

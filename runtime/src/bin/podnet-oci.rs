@@ -4,13 +4,14 @@
 //!                                            exits with the container's status
 //!   podnet-oci [--root DIR] pause ID        create and start a pause sandbox, then stop and
 //!                                            delete it (what starting a pod costs)
+//!   podnet-oci write-pause PATH             write the embedded static pause binary to PATH
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use podnet_runtime::{CreateOptions, Runtime, SandboxConfig, StdioConfig, DEFAULT_ROOT};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: podnet-oci [--root DIR] run ID BUNDLE | pause ID");
+    eprintln!("usage: podnet-oci [--root DIR] run ID BUNDLE | pause ID | write-pause PATH");
     ExitCode::from(2)
 }
 
@@ -34,6 +35,9 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["run", id, bundle] => run(&runtime, id, bundle),
         ["pause", id] => pause(&runtime, id),
+        ["write-pause", path] => std::fs::write(path, podnet_runtime::PAUSE_BINARY)
+            .map(|_| 0)
+            .map_err(|e| podnet_runtime::Error::io(format!("writing {path}"), e)),
         _ => return usage(),
     };
     match result {
