@@ -498,9 +498,31 @@ impl Container {
         }
     }
 
-    /// Waits for the init to exit, and for its terminal output to be copied out.
+    /// Waits for the init to exit, and for its terminal output to be copied out. Exec'd
+    /// processes that exit meanwhile are reaped (their exits stay recorded): a PID namespace's
+    /// init cannot finish exiting while one of them is an unreaped zombie.
     pub fn wait(&self) -> Result<Exit> {
-        let exit = self.init.wait().map_err(|e| Error::io(format!("container {:?}", self.id), e))?;
+        use std::os::fd::{AsFd, AsRawFd};
+        let err = |e| Error::io(format!("container {:?}", self.id), e);
+        let exit = loop {
+            if let Some(exit) = self.init.try_wait().map_err(err)? {
+                break exit;
+            }
+            let execs: Vec<_> = self.execs.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+            let mut fds: Vec<libc::pollfd> = std::iter::once(self.init.as_fd())
+                .chain(execs.iter().filter(|e| e.process.exit().is_none()).map(|e| e.process.as_fd()))
+                .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                .collect();
+            if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(err(e));
+                }
+            }
+            for e in &execs {
+                let _ = e.process.try_wait();
+            }
+        };
         self.io.wait_output();
         Ok(exit)
     }
@@ -560,13 +582,10 @@ impl Container {
         if self.flags().deleted {
             return self.init.exit().ok_or_else(|| self.state_error("delete"));
         }
-        match self.kill_all(libc::SIGKILL) {
-            Ok(fds) => errs.push(wait_gone(&fds, &self.id)),
-            Err(e) => errs.push(Err(e)),
-        }
-        // The init and the exec'd processes are this process's children: reap them.
-        let _ = self.init.signal(libc::SIGKILL);
-        let exit = self.init.wait().map_err(|e| Error::io(format!("reaping the init of {:?}", self.id), e));
+        let killed = self.kill_all(libc::SIGKILL);
+        // The exec'd processes are this process's children: reap them first. A dying PID
+        // namespace init waits until every process of its namespace is reaped, so the init
+        // cannot finish exiting while an exec's zombie is left.
         let execs: Vec<_> = self.execs.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, e)| e).collect();
         for exec in execs {
             let _ = exec.process.signal(libc::SIGKILL);
@@ -575,6 +594,12 @@ impl Container {
             }
             exec.io.shutdown();
         }
+        match killed {
+            Ok(fds) => errs.push(wait_gone(&fds, &self.id)),
+            Err(e) => errs.push(Err(e)),
+        }
+        let _ = self.init.signal(libc::SIGKILL);
+        let exit = self.init.wait().map_err(|e| Error::io(format!("reaping the init of {:?}", self.id), e));
         self.io.shutdown();
         // libcontainer's delete would build another cgroup manager; this one is at hand.
         if cgroup_exists(&self.cgroup_path) {

@@ -34,6 +34,8 @@ pub const DEFAULT_ROOT: &str = "/run/podnet/runtime";
 pub struct Runtime {
     root: PathBuf,
     pause_override: Option<PathBuf>,
+    /// The pause binary once written and checked.
+    pause_ready: std::sync::OnceLock<PathBuf>,
     fork_lock: Mutex<()>,
 }
 
@@ -42,7 +44,7 @@ impl Runtime {
     pub fn new(root: impl AsRef<Path>) -> Result<Runtime> {
         let root = root.as_ref().to_path_buf();
         std::fs::create_dir_all(&root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
-        Ok(Runtime { root, pause_override: None, fork_lock: Mutex::new(()) })
+        Ok(Runtime { root, pause_override: None, pause_ready: std::sync::OnceLock::new(), fork_lock: Mutex::new(()) })
     }
 
     /// Uses the pause binary at `path` (static) instead of the embedded one.

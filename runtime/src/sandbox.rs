@@ -229,6 +229,9 @@ impl Runtime {
         if let Some(p) = &self.pause_override {
             return Ok(p.clone());
         }
+        if let Some(p) = self.pause_ready.get() {
+            return Ok(p.clone());
+        }
         let path = self.root.join(".podnet-pause");
         let current = fs::metadata(&path).map(|m| m.len() == PAUSE_BINARY.len() as u64).unwrap_or(false)
             && fs::read(&path).map(|b| b == PAUSE_BINARY).unwrap_or(false);
@@ -244,6 +247,7 @@ impl Runtime {
                 return Err(Error::io(format!("writing the pause binary to {}", path.display()), e));
             }
         }
+        let _ = self.pause_ready.set(path.clone());
         Ok(path)
     }
 }

@@ -251,18 +251,34 @@ fn set_nonblocking(fd: RawFd) {
     }
 }
 
-/// Copies src to dst until src's EOF, dst's reader leaving, or `stop`.
+/// Copies src to dst until src's EOF, dst's reader leaving, or `stop`. On `stop` it first
+/// copies what was already written to src (containerd writes, then closes stdin), then sends
+/// the terminal's EOF character if asked.
 fn pump(src: OwnedFd, dst: OwnedFd, stop: Option<OwnedFd>, eof_char: bool) {
     set_nonblocking(src.as_raw_fd());
     set_nonblocking(dst.as_raw_fd());
     let mut buf = [0u8; 8192];
     let (mut start, mut end) = (0usize, 0usize);
+    let mut stopping = false;
     let stop_fd = stop.as_ref().map(|s| s.as_raw_fd()).unwrap_or(-1);
     loop {
+        if stopping && start == end {
+            // Draining: take what src holds now, without waiting for more.
+            let n = unsafe { libc::read(src.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                if eof_char {
+                    // VEOF (^D) on a canonical-mode terminal is what a typed end of input is.
+                    let eot = [4u8];
+                    unsafe { libc::write(dst.as_raw_fd(), eot.as_ptr().cast(), 1) };
+                }
+                return;
+            }
+            (start, end) = (0, n as usize);
+        }
         let mut fds = [
             libc::pollfd { fd: src.as_raw_fd(), events: if start == end { libc::POLLIN } else { 0 }, revents: 0 },
             libc::pollfd { fd: dst.as_raw_fd(), events: if start == end { 0 } else { libc::POLLOUT }, revents: 0 },
-            libc::pollfd { fd: stop_fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: if stopping { -1 } else { stop_fd }, events: libc::POLLIN, revents: 0 },
         ];
         if unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) } < 0 {
             if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
@@ -270,16 +286,11 @@ fn pump(src: OwnedFd, dst: OwnedFd, stop: Option<OwnedFd>, eof_char: bool) {
             }
             return;
         }
-        if fds[2].revents != 0 {
-            if eof_char {
-                // VEOF (^D) on a canonical-mode terminal is what a typed end of input is.
-                let eot = [4u8];
-                unsafe { libc::write(dst.as_raw_fd(), eot.as_ptr().cast(), 1) };
-            }
-            return;
-        }
         if fds[1].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
             return; // nobody reads dst any more
+        }
+        if fds[2].revents != 0 {
+            stopping = true;
         }
         if start != end && fds[1].revents & libc::POLLOUT != 0 {
             let n = unsafe { libc::write(dst.as_raw_fd(), buf[start..end].as_ptr().cast(), end - start) };
