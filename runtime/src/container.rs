@@ -174,10 +174,11 @@ impl Runtime {
         let stdio_cfg = StdioConfig { terminal, ..stdio_cfg };
         let mut pending = stdio::prepare(&stdio_cfg, &dir.join("console.sock"))?;
 
+        // libcontainer clones the calling process: one create at a time, the helper processes
+        // of a failed one are found among this thread's new children, and the stdio pumps are
+        // started before another clone can happen.
+        let _fork = self.fork_lock.lock().unwrap_or_else(|p| p.into_inner());
         let lc = {
-            // libcontainer clones the calling process; one create at a time, and the helper
-            // processes of a failed one are found among this thread's new children.
-            let _fork = self.fork_lock.lock().unwrap_or_else(|p| p.into_inner());
             let before = process::thread_children();
             let (built, details) = crate::capture::errors_of(|| {
                 let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
@@ -440,8 +441,8 @@ impl Container {
         let stdio_cfg = StdioConfig { terminal, ..stdio_cfg };
         let mut pending = stdio::prepare(&stdio_cfg, &self.dir.join(format!("exec-{exec_id}.sock")))?;
         let what = format!("exec {exec_id:?} in {:?}", self.id);
+        let _fork = runtime.fork_lock.lock().unwrap_or_else(|p| p.into_inner());
         let pid = {
-            let _fork = runtime.fork_lock.lock().unwrap_or_else(|p| p.into_inner());
             let before = process::thread_children();
             let (built, details) = crate::capture::errors_of(|| {
                 let mut b = ContainerBuilder::new(self.id.clone(), SyscallType::default())

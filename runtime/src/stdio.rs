@@ -11,7 +11,10 @@
 //!   window size on the master.
 //!
 //! Pumps do nothing but poll/read/write on fixed buffers, and end when their source reaches
-//! EOF, their destination's reader goes away, or the runtime stops them.
+//! EOF, their destination's reader goes away, or the runtime stops them. They are plain
+//! pthreads that never allocate nor touch the Rust runtime's thread registry: libcontainer
+//! clones the calling process without fork handlers, and a pump starting or ending at that
+//! moment must not leave a lock held in the clone.
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -19,7 +22,6 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
 
@@ -55,8 +57,8 @@ pub(crate) struct Pending {
 #[derive(Default)]
 pub struct Io {
     stdin_stop: Mutex<Option<OwnedFd>>,
-    pumps: Mutex<Vec<JoinHandle<()>>>,
-    output: Mutex<Option<JoinHandle<()>>>,
+    pumps: Mutex<Vec<PumpThread>>,
+    output: Mutex<Option<PumpThread>>,
     master: Option<OwnedFd>,
 }
 
@@ -220,7 +222,7 @@ impl Io {
     /// after the process exited and before reporting the exit, so no output is lost.
     pub fn wait_output(&self) {
         if let Some(h) = self.output.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = h.join();
+            h.join();
         }
     }
 
@@ -229,17 +231,76 @@ impl Io {
         self.close_stdin();
         self.wait_output();
         for h in self.pumps.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            let _ = h.join();
+            h.join();
         }
     }
 }
 
-fn spawn_pump(name: &str, src: OwnedFd, dst: OwnedFd, stop: Option<OwnedFd>, eof_char: bool) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("podnet-{name}"))
-        .stack_size(64 * 1024)
-        .spawn(move || pump(src, dst, stop, eof_char))
-        .map_err(|e| Error::io(format!("starting the {name} pump"), e))
+/// A pump running on its own pthread. Its arguments travel packed in the thread's argument
+/// pointer, so the thread never allocates or frees; it closes the fds itself when it ends.
+pub(crate) struct PumpThread {
+    tid: libc::pthread_t,
+    joined: bool,
+}
+
+impl PumpThread {
+    fn join(mut self) {
+        self.joined = true;
+        unsafe { libc::pthread_join(self.tid, std::ptr::null_mut()) };
+    }
+}
+
+impl Drop for PumpThread {
+    fn drop(&mut self) {
+        if !self.joined {
+            unsafe { libc::pthread_detach(self.tid) };
+        }
+    }
+}
+
+const FD_BITS: u32 = 21;
+const FD_MASK: u64 = (1 << FD_BITS) - 1;
+
+extern "C" fn pump_main(arg: *mut libc::c_void) -> *mut libc::c_void {
+    let a = arg as usize as u64;
+    let src = (a & FD_MASK) as i32;
+    let dst = ((a >> FD_BITS) & FD_MASK) as i32;
+    let stop = ((a >> (2 * FD_BITS)) & FD_MASK) as i32 - 1;
+    let eof = a >> 63 != 0;
+    // SAFETY: the spawner handed these fds over (into_raw_fd); this thread owns them now.
+    let (src, dst) = unsafe { (OwnedFd::from_raw_fd(src), OwnedFd::from_raw_fd(dst)) };
+    let stop = (stop >= 0).then(|| unsafe { OwnedFd::from_raw_fd(stop) });
+    pump(src, dst, stop, eof);
+    std::ptr::null_mut()
+}
+
+fn spawn_pump(name: &str, src: OwnedFd, dst: OwnedFd, stop: Option<OwnedFd>, eof_char: bool) -> Result<PumpThread> {
+    use std::os::fd::IntoRawFd;
+    let limit = FD_MASK as i32 - 1;
+    if src.as_raw_fd() > limit || dst.as_raw_fd() > limit || stop.as_ref().is_some_and(|s| s.as_raw_fd() > limit) {
+        return Err(Error::Unsupported(format!("starting the {name} pump: file descriptor numbers above {limit}")));
+    }
+    let (src, dst) = (src.into_raw_fd(), dst.into_raw_fd());
+    let stop = stop.map(|s| s.into_raw_fd()).unwrap_or(-1);
+    let packed = src as u64 | (dst as u64) << FD_BITS | ((stop + 1) as u64) << (2 * FD_BITS) | (eof_char as u64) << 63;
+    let mut tid: libc::pthread_t = 0;
+    let mut attr: libc::pthread_attr_t = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setstacksize(&mut attr, 64 * 1024);
+        let r = libc::pthread_create(&mut tid, &attr, pump_main, packed as usize as *mut libc::c_void);
+        libc::pthread_attr_destroy(&mut attr);
+        r
+    };
+    if r != 0 {
+        for fd in [src, dst, stop] {
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+            }
+        }
+        return Err(Error::io(format!("starting the {name} pump"), io::Error::from_raw_os_error(r)));
+    }
+    Ok(PumpThread { tid, joined: false })
 }
 
 fn set_nonblocking(fd: RawFd) {
@@ -386,7 +447,7 @@ mod tests {
         let mut w = File::from(src_w);
         w.write_all(b"hello").unwrap();
         drop(w);
-        h.join().unwrap();
+        h.join();
         let mut out = String::new();
         File::from(dst_r).read_to_string(&mut out).unwrap();
         assert_eq!(out, "hello");
@@ -398,7 +459,7 @@ mod tests {
         let h = spawn_pump("t", src_r, dst_w, Some(dup(&stop).unwrap()), false).unwrap();
         let io = Io { stdin_stop: Mutex::new(Some(stop)), ..Io::default() };
         io.close_stdin();
-        h.join().unwrap();
+        h.join();
         let mut out = Vec::new();
         File::from(dst_r).read_to_end(&mut out).unwrap();
         assert!(out.is_empty());
@@ -410,6 +471,6 @@ mod tests {
         let (dst_r, dst_w) = pipe().unwrap();
         let h = spawn_pump("t", src_r, dst_w, None, false).unwrap();
         drop(dst_r);
-        h.join().unwrap();
+        h.join();
     }
 }

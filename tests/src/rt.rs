@@ -50,10 +50,13 @@ impl RtEnv {
     }
 
     /// Writes `spec` as a bundle in a fresh directory and returns the bundle directory.
+    /// Also waits for the test process's other threads to be parked (see `quiesce`): a
+    /// bundle is written right before a create.
     pub fn bundle(&self, spec: &Spec) -> PathBuf {
         let dir = self.dir.path().join(unique("bundle"));
         std::fs::create_dir_all(&dir).expect("bundle dir");
         spec.write_bundle(&dir);
+        quiesce();
         dir
     }
 
@@ -80,9 +83,51 @@ impl RtEnv {
             .unwrap_or_default();
         let left: Vec<_> = left.into_iter().filter(|n| !n.starts_with('.')).collect();
         assert!(left.is_empty(), "runtime state left behind: {left:?}");
-        drop(self);
+        // Everything but the serial lock goes before the check; the lock after it, so the next
+        // test cannot start containers while this one is being checked.
+        let RtEnv { runtime, ns, dir, _serial, .. } = self;
+        drop((runtime, ns, dir));
         leaks::assert_no_leaks(&before, &marker);
+        drop(_serial);
     }
+}
+
+/// Waits until every other thread of the test process is parked (in a futex or poll wait) and
+/// the set of threads is stable. libcontainer clones the calling process with a raw clone3 and
+/// its helper exits through `std::process::exit`, which takes a lock of the Rust runtime's
+/// thread registry; a test-harness thread starting or ending at the moment of the clone would
+/// leave that lock held in the helper, which then never exits. Test code only: the shim has
+/// no such thread churn.
+pub fn quiesce() {
+    let me = unsafe { libc::gettid() };
+    let parked = || -> Option<Vec<i32>> {
+        let mut tids = Vec::new();
+        for e in std::fs::read_dir("/proc/self/task").ok()?.filter_map(|e| e.ok()) {
+            let tid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            if tid == me {
+                continue;
+            }
+            let wchan = std::fs::read_to_string(e.path().join("wchan")).unwrap_or_default();
+            if !(wchan.contains("futex") || wchan.contains("poll")) {
+                return None;
+            }
+            tids.push(tid);
+        }
+        tids.sort();
+        Some(tids)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Some(a) = parked() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            if parked() == Some(a) {
+                return;
+            }
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    eprintln!("warning: other threads of the test process never settled; creating anyway");
 }
 
 /// Reads a fifo (or pipe) to EOF on a thread, as containerd's client does: opened before the
