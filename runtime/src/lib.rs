@@ -3,10 +3,14 @@
 //! containerd or protobuf types.
 //!
 //! Process model: every container init and exec'd process is a child of the calling process,
-//! tracked by a pidfd (exits are waited for on the fd, no polling, no `waitpid(-1)`). Creates
-//! and execs clone the calling process, so they are serialized, and the caller should not run
-//! other threads that allocate while one is in progress (libcontainer clones without fork
-//! handlers).
+//! tracked by a pidfd (exits are waited for on the fd, no polling, no `waitpid(-1)`).
+//!
+//! Creates and execs clone the calling process (libcontainer, raw clone3, no fork handlers),
+//! and libcontainer's helper process exits through `std::process::exit`, which takes the Rust
+//! runtime's thread-registry lock. They are serialized here, and the runtime's own threads
+//! (stdio pumps) are plain pthreads that never allocate; but a caller must not start or end
+//! Rust threads, or allocate on other threads, while a create or exec is in progress, or the
+//! clone can inherit a held lock and hang. The shim keeps a fixed set of threads for that.
 mod capture;
 pub mod container;
 pub mod error;
