@@ -10,11 +10,12 @@ use libcgroups::common::{
 };
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container as LcContainer;
+use libcontainer::error::LibcontainerError;
 use libcontainer::oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Process as OciProcess};
 use libcontainer::syscall::syscall::SyscallType;
 
 use crate::error::{Error, Errors, Result};
-use crate::process::{self, pidfd_open, Exit, Process};
+use crate::process::{self, pidfd_open, pidfd_send_signal, Exit, Process};
 use crate::sandbox::SandboxHandle;
 use crate::stdio::{self, Io, StdioConfig};
 use crate::{spec, Runtime};
@@ -178,43 +179,19 @@ impl Runtime {
         // of a failed one are found among this thread's new children, and the stdio pumps are
         // started before another clone can happen.
         let _fork = self.fork_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let lc = {
-            let before = process::thread_children();
-            let (built, details) = crate::capture::errors_of(|| {
-                let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
-                    .with_root_path(dir)?
-                    .with_console_socket(pending.console.as_ref().map(|(p, _)| p.clone()));
-                if let Some(fd) = pending.stdin.take() {
-                    b = b.with_stdin(fd);
-                }
-                if let Some(fd) = pending.stdout.take() {
-                    b = b.with_stdout(fd);
-                }
-                if let Some(fd) = pending.stderr.take() {
-                    b = b.with_stderr(fd);
-                }
-                if let Workload::Pause(exec) = workload {
-                    b = b.with_executor(exec);
-                }
-                b.validate_id()?.as_init(dir).with_systemd(false).with_detach(true).build()
-            });
-            match built {
-                Ok(lc) => lc,
-                Err(err) => {
-                    process::reap_new_children(&before);
-                    return Err(detailed(Error::container(format!("creating container {id:?}"), &err), details));
-                }
-            }
-        };
+        let lc = libcontainer_build(id, dir, &mut pending, &format!("creating container {id:?}"), |b| {
+            let b = match workload {
+                Workload::Pause(exec) => b.with_executor(exec),
+                Workload::Spec => b,
+            };
+            b.validate_id()?.as_init(dir).with_systemd(false).with_detach(true).build()
+        })?;
         let Some(pid) = lc.pid() else {
             return Err(Error::Container { context: format!("creating container {id:?}"), msg: "no init pid in its state".into() });
         };
         let init = Process::from_child(pid.as_raw()).map_err(|e| Error::io(format!("tracking the init of {id:?}"), e))?;
         // A failure from here on leaves an init blocked before start: end it.
-        let kill_init = |_: &Error| {
-            let _ = init.signal(libc::SIGKILL);
-            let _ = init.wait();
-        };
+        let kill_init = |_: &Error| init.kill_and_reap();
         if let Some(score) = oom_score_adj {
             set_oom_score_adj(pid.as_raw(), score).inspect_err(kill_init)?;
         }
@@ -234,6 +211,39 @@ impl Runtime {
             warnings,
         })
     }
+}
+
+/// One libcontainer build (an init with `as_init`, or an exec with `as_tenant`, chosen by
+/// `finish`) of container `id` whose state lives in `root`, with `pending`'s stdio attached.
+/// The caller holds the runtime's fork lock. On failure, the helper processes the build left
+/// are killed and reaped, and libcontainer's logged cause is added to the error.
+fn libcontainer_build<T>(
+    id: &str,
+    root: &Path,
+    pending: &mut stdio::Pending,
+    what: &str,
+    finish: impl FnOnce(ContainerBuilder) -> Result<T, LibcontainerError>,
+) -> Result<T> {
+    let before = process::thread_children();
+    let (built, details) = crate::capture::errors_of(|| {
+        let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(root)?
+            .with_console_socket(pending.console.as_ref().map(|(p, _)| p.clone()));
+        if let Some(fd) = pending.stdin.take() {
+            b = b.with_stdin(fd);
+        }
+        if let Some(fd) = pending.stdout.take() {
+            b = b.with_stdout(fd);
+        }
+        if let Some(fd) = pending.stderr.take() {
+            b = b.with_stderr(fd);
+        }
+        finish(b)
+    });
+    built.map_err(|err| {
+        process::reap_new_children(&before);
+        detailed(Error::container(what, &err), details)
+    })
 }
 
 /// Appends what libcontainer logged about a failure (the cause, from inside the container's
@@ -403,9 +413,7 @@ impl Container {
         for pid in pids {
             // Signal through a pidfd so that a PID that exited meanwhile is not hit in reuse.
             if let Ok(fd) = pidfd_open(pid.as_raw()) {
-                unsafe {
-                    libc::syscall(libc::SYS_pidfd_send_signal, std::os::fd::AsRawFd::as_raw_fd(&fd), signal, std::ptr::null::<libc::siginfo_t>(), 0)
-                };
+                let _ = pidfd_send_signal(&fd, signal);
                 fds.push(fd);
             }
         }
@@ -442,40 +450,11 @@ impl Container {
         let mut pending = stdio::prepare(&stdio_cfg, &self.dir.join(format!("exec-{exec_id}.sock")))?;
         let what = format!("exec {exec_id:?} in {:?}", self.id);
         let _fork = runtime.fork_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let pid = {
-            let before = process::thread_children();
-            let (built, details) = crate::capture::errors_of(|| {
-                let mut b = ContainerBuilder::new(self.id.clone(), SyscallType::default())
-                    .with_root_path(&self.dir)?
-                    .with_console_socket(pending.console.as_ref().map(|(p, _)| p.clone()));
-                if let Some(fd) = pending.stdin.take() {
-                    b = b.with_stdin(fd);
-                }
-                if let Some(fd) = pending.stdout.take() {
-                    b = b.with_stdout(fd);
-                }
-                if let Some(fd) = pending.stderr.take() {
-                    b = b.with_stderr(fd);
-                }
-                b.as_tenant().with_process(Some(json)).with_detach(true).build()
-            });
-            match built {
-                Ok(pid) => pid,
-                Err(err) => {
-                    process::reap_new_children(&before);
-                    return Err(detailed(Error::container(what, &err), details));
-                }
-            }
-        };
+        let pid = libcontainer_build(&self.id, &self.dir, &mut pending, &what, |b| {
+            b.as_tenant().with_process(Some(json)).with_detach(true).build()
+        })?;
         let process = Process::from_child(pid.as_raw()).map_err(|e| Error::io(what.clone(), e))?;
-        let io = match pending.start(&what) {
-            Ok(io) => io,
-            Err(e) => {
-                let _ = process.signal(libc::SIGKILL);
-                let _ = process.wait();
-                return Err(e);
-            }
-        };
+        let io = pending.start(&what).inspect_err(|_| process.kill_and_reap())?;
         Ok(ExecProcess { id: exec_id.to_string(), process, io })
     }
 

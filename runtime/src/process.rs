@@ -102,19 +102,13 @@ impl Process {
         if self.exit().is_some() {
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        pidfd_send_signal(&self.pidfd, signal)
+    }
+
+    /// SIGKILL and reap: ends a process that must not outlive a failed operation.
+    pub(crate) fn kill_and_reap(&self) {
+        let _ = self.signal(libc::SIGKILL);
+        let _ = self.wait();
     }
 
     /// One non-blocking waitid on the pidfd; the caller holds `reaping`.
@@ -162,6 +156,16 @@ impl AsFd for Process {
     }
 }
 
+pub(crate) fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
@@ -190,10 +194,8 @@ pub(crate) fn reap_new_children(before: &[i32]) -> usize {
             continue;
         }
         if let Ok(p) = Process::from_child(pid) {
-            let _ = p.signal(libc::SIGKILL);
-            if p.wait().is_ok() {
-                n += 1;
-            }
+            p.kill_and_reap();
+            n += 1;
         }
     }
     n
