@@ -119,6 +119,10 @@ mod tests {
         drop((node, pod));
         podnet_netns::delete(dir.join("node")).unwrap();
         podnet_netns::delete(dir.join("pod")).unwrap();
+        // NetNs::create made the directory a (shared) mount point of itself: undo that too.
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0, "unmount {}", dir.display());
+        std::fs::remove_dir(&dir).unwrap();
         res.unwrap();
     }
 }
