@@ -20,7 +20,7 @@ use crate::sandbox::SandboxHandle;
 use crate::stdio::{self, Io, StdioConfig};
 use crate::{spec, Runtime};
 
-pub use libcgroups::stats::Stats;
+pub use libcgroups::stats::{MemoryData, Stats};
 
 /// How long delete waits for a killed container's processes to be gone before it reports them.
 const KILL_GRACE: Duration = Duration::from_secs(10);
@@ -51,6 +51,9 @@ pub struct CreateOptions {
     pub stdio: StdioConfig,
     /// Join this pod sandbox's namespaces (container mode), whatever the spec says for them.
     pub sandbox: Option<SandboxHandle>,
+    /// Run in this network namespace (a bind mount such as /var/run/netns/<name>) instead of
+    /// the one the spec names or asks for.
+    pub netns: Option<PathBuf>,
 }
 
 /// A process started in a running container (exec).
@@ -120,6 +123,9 @@ impl Runtime {
         if let Some(sandbox) = &opts.sandbox {
             sandbox.check_alive()?;
             spec::join_namespaces(&mut oci, sandbox.pid(), sandbox.kinds());
+        }
+        if let Some(path) = &opts.netns {
+            spec::set_namespace_path(&mut oci, LinuxNamespaceType::Network, path);
         }
         let prepared = spec::prepare(oci, bundle, &file, &format!("/podnet/{id}"))?;
         self.build(id, prepared, opts.stdio, Workload::Spec, None)
@@ -282,6 +288,62 @@ fn set_oom_score_adj(pid: i32, score: i32) -> Result<()> {
     })
 }
 
+impl Runtime {
+    /// Cleans up after a container whose owner died (containerd's `shim delete`): kills every
+    /// process left in its cgroup, waits for them to be gone, removes the cgroup and the
+    /// container's state directory. Nothing left is not an error. Keeps going after a failure
+    /// and reports them all.
+    pub fn cleanup(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        let dir = self.root.join(id);
+        let cgroup_path = fs::read(dir.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<libcontainer::oci_spec::runtime::Spec>(&b).ok())
+            .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()))
+            .unwrap_or_else(|| PathBuf::from(format!("/podnet/{id}")));
+        let mut errs = Errors::default();
+        if cgroup_exists(&cgroup_path) {
+            match cgroup_manager(id, &cgroup_path) {
+                Ok(mgr) => {
+                    errs.push(kill_cgroup(&mgr, id).and_then(|fds| wait_gone(&fds, id)));
+                    errs.push(
+                        mgr.remove()
+                            .map_err(|e| Error::container(format!("removing cgroup {}", cgroup_path.display()), &e)),
+                    );
+                }
+                Err(e) => errs.push(Err(e)),
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                errs.push(Err(Error::io(format!("removing {}", dir.display()), e)));
+            }
+        }
+        errs.into_result()
+    }
+}
+
+/// SIGKILLs every process in the cgroup `mgr` manages, frozen so that nothing forks meanwhile.
+/// Returns their pidfds, readable once each is gone.
+fn kill_cgroup(mgr: &AnyCgroupManager, id: &str) -> Result<Vec<std::os::fd::OwnedFd>> {
+    let list = || {
+        mgr.get_all_pids().map_err(|e| Error::container(format!("listing the processes of {id:?}"), &e))
+    };
+    if list()?.is_empty() {
+        return Ok(Vec::new());
+    }
+    let _ = mgr.freeze(FreezerState::Frozen);
+    let mut fds = Vec::new();
+    for pid in list()? {
+        if let Ok(fd) = pidfd_open(pid.as_raw()) {
+            let _ = pidfd_send_signal(&fd, libc::SIGKILL);
+            fds.push(fd);
+        }
+    }
+    let _ = mgr.freeze(FreezerState::Thawed);
+    Ok(fds)
+}
+
 fn cgroup_manager(id: &str, path: &Path) -> Result<AnyCgroupManager> {
     create_cgroup_manager(CgroupConfig {
         cgroup_path: path.to_path_buf(),
@@ -317,6 +379,12 @@ impl Container {
 
     pub fn is_sandbox(&self) -> bool {
         self.sandbox_kinds.is_some()
+    }
+
+    /// What a container joining this one's `kinds` of namespaces needs (container mode, for a
+    /// container that is not a pause sandbox: the first container of a standalone pod).
+    pub fn join_handle(&self, kinds: &[LinuxNamespaceType]) -> SandboxHandle {
+        SandboxHandle::new(self.init.clone(), kinds.to_vec())
     }
 
     pub(crate) fn sandbox_kinds(&self) -> Option<&[LinuxNamespaceType]> {

@@ -151,6 +151,10 @@ pub struct SandboxHandle {
 }
 
 impl SandboxHandle {
+    pub(crate) fn new(pause: Arc<Process>, kinds: Vec<LinuxNamespaceType>) -> SandboxHandle {
+        SandboxHandle { pause, kinds }
+    }
+
     pub fn pid(&self) -> i32 {
         self.pause.pid()
     }

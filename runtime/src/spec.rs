@@ -202,20 +202,25 @@ fn v1_hierarchies() -> Vec<PathBuf> {
 /// Points the spec's namespaces of the given kinds at `/proc/<pid>/ns/...`: joining a running
 /// sandbox (container mode). Kinds the spec does not list are added.
 pub fn join_namespaces(spec: &mut Spec, pid: i32, kinds: &[LinuxNamespaceType]) {
-    let Some(mut linux) = spec.linux().clone() else { return };
-    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
     for kind in kinds {
         let path = PathBuf::from(format!("/proc/{pid}/ns/{}", proc_ns_name(*kind)));
-        match namespaces.iter_mut().find(|ns| ns.typ() == *kind) {
-            Some(ns) => {
-                ns.set_path(Some(path));
-            }
-            None => {
-                let mut ns = LinuxNamespace::default();
-                ns.set_typ(*kind);
-                ns.set_path(Some(path));
-                namespaces.push(ns);
-            }
+        set_namespace_path(spec, *kind, &path);
+    }
+}
+
+/// Points the spec's namespace of `kind` at `path`, adding the namespace if the spec has none.
+pub fn set_namespace_path(spec: &mut Spec, kind: LinuxNamespaceType, path: &Path) {
+    let Some(mut linux) = spec.linux().clone() else { return };
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    match namespaces.iter_mut().find(|ns| ns.typ() == kind) {
+        Some(ns) => {
+            ns.set_path(Some(path.to_path_buf()));
+        }
+        None => {
+            let mut ns = LinuxNamespace::default();
+            ns.set_typ(kind);
+            ns.set_path(Some(path.to_path_buf()));
+            namespaces.push(ns);
         }
     }
     linux.set_namespaces(Some(namespaces));

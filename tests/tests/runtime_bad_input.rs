@@ -11,7 +11,7 @@ use podnet_tests::rt::{quiesce, Reader, RtEnv};
 use serde_json::json;
 
 fn opts() -> CreateOptions {
-    CreateOptions { stdio: StdioConfig::null(), sandbox: None }
+    CreateOptions { stdio: StdioConfig::null(), ..Default::default() }
 }
 
 /// Creates `id` from `bundle`, which must fail; returns the error and its text.
@@ -188,7 +188,7 @@ fn negative_oom_score_adj_is_refused_or_applied_never_hangs() {
     let stdio = StdioConfig { stdout: Some(out.clone()), stderr: Some(out), ..Default::default() };
     quiesce();
     let result = within(Duration::from_secs(60), "create with oomScoreAdj -500", || {
-        env.runtime.create("negoom", &bundle, CreateOptions { stdio, sandbox: None })
+        env.runtime.create("negoom", &bundle, CreateOptions { stdio, ..Default::default() })
     });
     match result {
         Ok(c) => {

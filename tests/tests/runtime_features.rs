@@ -31,7 +31,7 @@ fn create(env: &RtEnv, id: &str, spec: Spec) -> (Container, Reader) {
     quiesce();
     let c = env
         .runtime
-        .create(id, &bundle, CreateOptions { stdio, sandbox: None })
+        .create(id, &bundle, CreateOptions { stdio, ..Default::default() })
         .unwrap_or_else(|e| panic!("create {id}: {e}"));
     (c, reader)
 }

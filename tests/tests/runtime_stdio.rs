@@ -15,7 +15,7 @@ const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 fn create(env: &RtEnv, id: &str, spec: &Spec, stdio: StdioConfig) -> Container {
     let bundle = env.bundle(spec);
     env.runtime
-        .create(id, &bundle, CreateOptions { stdio, sandbox: None })
+        .create(id, &bundle, CreateOptions { stdio, ..Default::default() })
         .unwrap_or_else(|e| panic!("create {id}: {e}"))
 }
 

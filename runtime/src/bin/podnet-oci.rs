@@ -58,7 +58,7 @@ fn run(runtime: &Runtime, id: &str, bundle: &str) -> podnet_runtime::Result<u8> 
         terminal: false,
     };
     let t = Phases::new();
-    let c = runtime.create(id, std::path::Path::new(bundle), CreateOptions { stdio, sandbox: None })?;
+    let c = runtime.create(id, std::path::Path::new(bundle), CreateOptions { stdio, ..Default::default() })?;
     t.mark("create");
     let started = c.start();
     t.mark("start");

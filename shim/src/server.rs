@@ -1,0 +1,149 @@
+//! The shim's one thread: a poll loop over the ttrpc listener, containerd's connections, the
+//! processes' pidfds and the OOM watches. Requests are handled one at a time; Wait replies are
+//! sent when the process exits. No other thread runs while a container is created (the runtime
+//! clones this process: see podnet-runtime's fork-safety note), except the runtime's own
+//! allocation-free stdio pumps.
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use containerd_shim_protos::ttrpc::proto::{Code, Request};
+use protobuf::Message;
+
+use crate::service::{Reply, Shim};
+use crate::ttrpc::{self, RpcError};
+
+pub const TASK_SERVICES: [&str; 2] = ["containerd.task.v2.Task", "containerd.task.v3.Task"];
+/// A connection whose peer does not read its replies for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often undelivered events are retried while containerd is away.
+const EVENT_RETRY_MS: i32 = 500;
+
+struct Conn {
+    id: u64,
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn send(&mut self, stream_id: u32, payload: &[u8]) -> bool {
+        self.stream.write_all(&ttrpc::encode(stream_id, ttrpc::TYPE_RESPONSE, payload)).is_ok()
+    }
+}
+
+fn pollfd(fd: i32) -> libc::pollfd {
+    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+}
+
+/// Serves until Shutdown finds the shim idle.
+pub fn serve(listener: UnixListener, shim: &mut Shim) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut next_conn = 1u64;
+    loop {
+        shim.reap();
+        for d in shim.take_deferred() {
+            if let Some(c) = conns.iter_mut().find(|c| c.id == d.conn) {
+                if !c.send(d.stream, &d.payload) {
+                    c.buf.clear();
+                }
+            }
+        }
+        if shim.shutting_down() {
+            tracing::info!("shutting down: no task left");
+            return Ok(());
+        }
+        let watched = shim.watch_fds();
+        let mut fds: Vec<libc::pollfd> = std::iter::once(pollfd(listener.as_raw_fd()))
+            .chain(conns.iter().map(|c| pollfd(c.stream.as_raw_fd())))
+            .chain(watched.iter().map(|fd| pollfd(*fd)))
+            .collect();
+        let timeout = if shim.events_pending() { EVENT_RETRY_MS } else { -1 };
+        // SAFETY: fds is a live array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            shim.retry_events();
+            continue;
+        }
+        let polled = conns.len();
+        if fds[0].revents != 0 {
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let ok = stream.set_nonblocking(false).is_ok() && stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_ok();
+                        if ok {
+                            conns.push(Conn { id: next_conn, stream, buf: Vec::new() });
+                            next_conn += 1;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        let conn_ready: Vec<u64> = conns
+            .iter()
+            .zip(&fds[1..1 + polled])
+            .filter(|(_, p)| p.revents != 0)
+            .map(|(c, _)| c.id)
+            .collect();
+        for fd in fds[1 + polled..].iter().filter(|p| p.revents != 0) {
+            shim.on_ready(fd.fd);
+        }
+        for id in conn_ready {
+            let Some(pos) = conns.iter().position(|c| c.id == id) else { continue };
+            if !serve_conn(&mut conns[pos], shim) {
+                conns.remove(pos);
+                shim.forget_conn(id);
+            }
+        }
+    }
+}
+
+/// Reads what arrived and answers every complete request. False: the connection is done.
+fn serve_conn(c: &mut Conn, shim: &mut Shim) -> bool {
+    let mut chunk = [0u8; 16384];
+    let n = match c.stream.read(&mut chunk) {
+        Ok(0) => return false,
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
+        Err(_) => return false,
+    };
+    c.buf.extend_from_slice(&chunk[..n]);
+    loop {
+        let frame = match ttrpc::decode(&mut c.buf) {
+            Ok(Some(f)) => f,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::warn!("dropping a connection: {e}");
+                return false;
+            }
+        };
+        if frame.kind != ttrpc::TYPE_REQUEST {
+            continue;
+        }
+        let reply = match Request::parse_from_bytes(&frame.payload) {
+            Err(e) => Reply::Now(Err(RpcError::invalid(format!("malformed ttrpc request: {e}")))),
+            Ok(req) if !TASK_SERVICES.contains(&req.service.as_str()) => {
+                Reply::Now(Err(RpcError::new(Code::UNIMPLEMENTED, format!("service {} is not served here", req.service))))
+            }
+            Ok(req) => shim.handle(&req.method, &req.payload, c.id, frame.stream_id),
+        };
+        if let Reply::Now(result) = reply {
+            if !c.send(frame.stream_id, &ttrpc::response(result)) {
+                return false;
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The shim v2 subcommands containerd runs: `start` (find or spawn the pod's shim, print its
+//! address) and `delete` (clean up after a shim that is gone), and the daemon's setup.
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::SystemTime;
+
+use containerd_shim_protos::shim::shim::DeleteResponse;
+use protobuf::Message;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, Flags};
+use crate::service::{group_of, BundleRecord, BundleSpec, BUNDLE_RECORD};
+use crate::{mount, network};
+
+/// Where pod shims listen.
+pub const SOCKET_DIR: &str = "/run/podnet/s";
+/// The fd a spawned daemon finds its listening socket on.
+pub const LISTENER_FD: i32 = 3;
+
+/// The pod shim's address for containerd `address`, namespace `ns`, pod `group`. The CNI plugin
+/// computes the same one to reach the pod's shim.
+pub fn socket_address(containerd_address: &str, ns: &str, group: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(containerd_address.as_bytes());
+    h.update(b"\0");
+    h.update(ns.as_bytes());
+    h.update(b"\0");
+    h.update(group.as_bytes());
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("unix://{SOCKET_DIR}/{hex}")
+}
+
+fn bundle_dir(flags: &Flags) -> Result<PathBuf, String> {
+    if !flags.bundle.is_empty() {
+        return Ok(PathBuf::from(&flags.bundle));
+    }
+    std::env::current_dir().map_err(|e| format!("current directory (the bundle): {e}"))
+}
+
+/// The bootstrap reply containerd parses (version 2: the task v2 API over ttrpc; 1.7 reads it
+/// too).
+pub fn bootstrap_json(address: &str) -> String {
+    serde_json::json!({"version": 2, "address": address, "protocol": "ttrpc"}).to_string()
+}
+
+/// `start`: returns the address to print.
+pub fn start(flags: &Flags) -> Result<String, String> {
+    if flags.id.is_empty() || flags.namespace.is_empty() {
+        return Err("start needs -id and -namespace".into());
+    }
+    let bundle = bundle_dir(flags)?;
+    let spec = BundleSpec::read(&bundle)?;
+    let group = group_of(&spec.annotations).unwrap_or_else(|| flags.id.clone());
+    let address = socket_address(&flags.address, &flags.namespace, &group);
+    let path = crate::ttrpc::socket_path(&address);
+    let write_address = || {
+        let f = bundle.join("address");
+        std::fs::write(&f, &address).map_err(|e| format!("{}: {e}", f.display()))
+    };
+    // The pod's shim may already run: join it.
+    for _ in 0..2 {
+        if UnixStream::connect(&path).is_ok() {
+            write_address()?;
+            return Ok(address);
+        }
+        let _ = std::fs::remove_file(&path);
+        std::fs::create_dir_all(SOCKET_DIR).map_err(|e| format!("creating {SOCKET_DIR}: {e}"))?;
+        match UnixListener::bind(&path) {
+            Ok(listener) => {
+                spawn_daemon(flags, &bundle, listener).inspect_err(|_| {
+                    let _ = std::fs::remove_file(&path);
+                })?;
+                write_address()?;
+                return Ok(address);
+            }
+            // Another start for the same pod won the race: connect to it.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(format!("listening on {}: {e}", path.display())),
+        }
+    }
+    Err(format!("could neither reach nor create the pod shim at {}", path.display()))
+}
+
+fn spawn_daemon(flags: &Flags, bundle: &Path, listener: UnixListener) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding the shim binary: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address]);
+    if !flags.publish_binary.is_empty() {
+        cmd.args(["-publish-binary", &flags.publish_binary]);
+    }
+    if flags.debug {
+        cmd.arg("-debug");
+    }
+    // containerd reads start's stdout to EOF: the daemon keeps none of start's stdio.
+    cmd.current_dir(bundle).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let fd = listener.as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let target = LISTENER_FD;
+            if fd == target {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| format!("spawning the shim daemon: {e}"))?;
+    let pid_file = bundle.join("shim.pid");
+    let _ = std::fs::write(pid_file, child.id().to_string());
+    Ok(())
+}
+
+/// The daemon's listener, passed by `start` on fd 3.
+pub fn inherited_listener() -> Result<UnixListener, String> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat into a zeroed stat.
+    if unsafe { libc::fstat(LISTENER_FD, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(format!(
+            "no listening socket on fd {LISTENER_FD}: the shim daemon is started by `containerd-shim-podnet-v2 start`"
+        ));
+    }
+    // SAFETY: fd 3 is a socket handed to this process, owned from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(LISTENER_FD) };
+    // SAFETY: setting close-on-exec on an owned fd.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(UnixListener::from(fd))
+}
+
+/// `delete`: what containerd runs when the shim is gone. Kills what is left of the container,
+/// unmounts its rootfs and releases the pod network; reports every failure.
+pub fn delete(flags: &Flags) -> Result<DeleteResponse, String> {
+    if flags.id.is_empty() {
+        return Err("delete needs -id".into());
+    }
+    let bundle = bundle_dir(flags)?;
+    let mut errs = Vec::new();
+    let record = BundleRecord::read(&bundle);
+    let root = match &record {
+        Some(r) => r.runtime_root.clone(),
+        None => Config::load(None)
+            .map(|c| c.state_dir)
+            .unwrap_or_else(|_| PathBuf::from(crate::config::DEFAULT_STATE_DIR))
+            .join("runtime")
+            .join(&flags.namespace),
+    };
+    if root.exists() {
+        match podnet_runtime::Runtime::new(&root) {
+            Ok(rt) => {
+                if let Err(e) = rt.cleanup(&flags.id) {
+                    errs.push(e.to_string());
+                }
+            }
+            Err(e) => errs.push(e.to_string()),
+        }
+    }
+    mount::unmount(&bundle.join("rootfs"));
+    if let Some(rec) = record.as_ref().and_then(|r| r.network.as_ref()) {
+        if let Err(e) = network::teardown(rec) {
+            errs.push(format!("releasing the pod network: {e}"));
+        }
+    }
+    if errs.is_empty() {
+        let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD));
+    }
+    let mut resp = DeleteResponse::new();
+    resp.exit_status = (128 + libc::SIGKILL) as u32;
+    resp.exited_at = Some(SystemTime::now().into()).into();
+    if errs.is_empty() {
+        Ok(resp)
+    } else {
+        Err(errs.join("; "))
+    }
+}
+
+pub fn write_delete_response(resp: &DeleteResponse) -> std::io::Result<()> {
+    let bytes = resp.write_to_bytes().map_err(std::io::Error::other)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_per_containerd_namespace_and_pod() {
+        let a = socket_address("/run/containerd/containerd.sock", "k8s.io", "pod1");
+        assert!(a.starts_with("unix:///run/podnet/s/") && a.len() < 100, "{a}");
+        assert_eq!(a, socket_address("/run/containerd/containerd.sock", "k8s.io", "pod1"));
+        assert_ne!(a, socket_address("/run/containerd/containerd.sock", "default", "pod1"));
+        assert_ne!(a, socket_address("/run/other.sock", "k8s.io", "pod1"));
+        assert_ne!(socket_address("a", "bc", "d"), socket_address("ab", "c", "d"));
+    }
+
+    #[test]
+    fn bootstrap_is_version_2_ttrpc() {
+        let v: serde_json::Value = serde_json::from_str(&bootstrap_json("unix:///x")).unwrap();
+        assert_eq!(v["version"], 2);
+        assert_eq!(v["protocol"], "ttrpc");
+        assert_eq!(v["address"], "unix:///x");
+    }
+}
