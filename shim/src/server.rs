@@ -121,6 +121,7 @@ fn serve_conn(c: &mut Conn, shim: &mut Shim) -> bool {
         Err(_) => return false,
     };
     c.buf.extend_from_slice(&chunk[..n]);
+    let mut heavy = false;
     loop {
         let frame = match ttrpc::decode(&mut c.buf) {
             Ok(Some(f)) => f,
@@ -138,12 +139,60 @@ fn serve_conn(c: &mut Conn, shim: &mut Shim) -> bool {
             Ok(req) if !TASK_SERVICES.contains(&req.service.as_str()) => {
                 Reply::Now(Err(RpcError::new(Code::UNIMPLEMENTED, format!("service {} is not served here", req.service))))
             }
-            Ok(req) => shim.handle(&req.method, &req.payload, c.id, frame.stream_id),
+            Ok(req) => {
+                let r = shim.handle(&req.method, &req.payload, c.id, frame.stream_id);
+                heavy |= matches!(req.method.as_str(), "Create" | "Start" | "Delete" | "Exec");
+                r
+            }
         };
         if let Reply::Now(result) = reply {
             if !c.send(frame.stream_id, &ttrpc::response(result)) {
                 return false;
             }
         }
+        if std::mem::take(&mut heavy) {
+            trim();
+        }
     }
+}
+
+/// Gives back memory a create or delete touched once: code and read-only data pages of the
+/// binary and its libraries that are still identical to their files (dropped from this
+/// process, they stay in the page cache and are faulted back in when used again), and glibc's
+/// free heap. A pod's shim spends its life idle; what it holds then is what it costs.
+pub fn trim() {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
+    let mut current: Option<(usize, usize)> = None;
+    let mut clean_file = false;
+    let mut ranges = Vec::new();
+    for line in smaps.lines() {
+        let mut parts = line.split_whitespace();
+        let first = parts.next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-').filter(|_| line.contains(' ')) {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) {
+                let perms = parts.next().unwrap_or("");
+                let path = line.split_whitespace().nth(5).unwrap_or("");
+                current = (path.starts_with('/') && (perms == "r-xp" || perms == "r--p")).then_some((lo, hi));
+                clean_file = true;
+                continue;
+            }
+        }
+        match (first, parts.next()) {
+            // Copy-on-write copies (relocated data) are anonymous: those must stay.
+            ("Anonymous:", Some(kb)) if kb != "0" => clean_file = false,
+            ("VmFlags:", _) => {
+                if let (Some(r), true) = (current.take(), clean_file) {
+                    ranges.push(r);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (lo, hi) in ranges {
+        // SAFETY: a read-only private file mapping with no page that differs from the file:
+        // dropping its pages loses nothing; the next access maps the file's page again.
+        unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+    }
+    // SAFETY: glibc's malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
 }
