@@ -131,6 +131,15 @@ pub fn setup(cfg: &Config, namespace: &str, id: &str, ports: &[Value]) -> Result
         result: None,
     };
     drop(ns);
+    // CRI brings lo up beside the pod's network; a standalone pod gets it here.
+    let lo = NetworkConfig::parse(br#"{"cniVersion":"1.1.0","name":"podnet-loopback","plugins":[{"type":"loopback"}]}"#)
+        .map_err(|e| format!("loopback config: {e}"));
+    if let Err(e) = lo.and_then(|lo| {
+        engine::add_network(&lo, &Request::new(id, "lo", Some(&rec.netns)), &Map::new()).map_err(|e| e.to_string())
+    }) {
+        let _ = podnet_netns::delete(&rec.netns);
+        return Err(format!("setting lo up in {}: {e}", rec.netns.display()));
+    }
     let req = Request::new(id, &rec.ifname, Some(&rec.netns)).with_args(&rec.args);
     match engine::add_network(&net, &req, &rec.runtime_config) {
         Ok(result) => {

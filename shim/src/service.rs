@@ -389,16 +389,20 @@ impl Shim {
         let bundle = PathBuf::from(&req.bundle);
         let spec = BundleSpec::read(&bundle).map_err(RpcError::invalid)?;
         let pod = group_of(&spec.annotations).unwrap_or_else(|| id.clone());
-        let sandbox_of_pod = self
-            .tasks
-            .iter()
-            .find(|(_, t)| t.pod == pod && t.sandbox && t.exit.is_none())
-            .map(|(k, _)| k.clone());
+        self.reap();
+        let sandbox_of_pod =
+            self.tasks.iter().find(|(_, t)| t.pod == pod && t.sandbox).map(|(k, t)| (k.clone(), t.exit.is_some()));
         let sandbox = match spec.annotation(ANN_CONTAINER_TYPE) {
             Some("sandbox") => true,
             Some("container") => false,
             _ => sandbox_of_pod.is_none(),
         };
+        if let (false, Some((sid, true))) = (sandbox, &sandbox_of_pod) {
+            return Err(RpcError::precondition(format!(
+                "cannot join pod {pod:?}: its sandbox container {sid:?} has exited (delete it to start the pod anew)"
+            )));
+        }
+        let sandbox_of_pod = sandbox_of_pod.map(|(sid, _)| sid);
         let ports = match spec.annotation(network::PORTS_ANNOTATION) {
             Some(p) => network::parse_ports(p).map_err(RpcError::invalid)?,
             None => Vec::new(),
@@ -429,7 +433,7 @@ impl Shim {
                     }
                     Err(e) => {
                         undo_rootfs(&rootfs);
-                        return Err(RpcError::new(Code::UNKNOWN, format!("setting up the pod network: {e}")));
+                        return Err(RpcError::precondition(format!("setting up the pod network: {e}")));
                     }
                 }
             }

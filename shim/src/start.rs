@@ -164,6 +164,14 @@ pub fn delete(flags: &Flags) -> Result<DeleteResponse, String> {
         }
     }
     mount::unmount(&bundle.join("rootfs"));
+    // The dead shim's socket: nothing answers there any more (a live one is left alone).
+    if let Ok(spec) = BundleSpec::read(&bundle) {
+        let group = group_of(&spec.annotations).unwrap_or_else(|| flags.id.clone());
+        let path = crate::ttrpc::socket_path(&socket_address(&flags.address, &flags.namespace, &group));
+        if path.exists() && UnixStream::connect(&path).is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
     if let Some(rec) = record.as_ref().and_then(|r| r.network.as_ref()) {
         if let Err(e) = network::teardown(rec) {
             errs.push(format!("releasing the pod network: {e}"));

@@ -8,6 +8,7 @@ pub mod containerd;
 pub mod leaks;
 pub mod oci;
 pub mod rt;
+pub mod shim;
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
