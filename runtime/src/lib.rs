@@ -10,7 +10,7 @@
 //! runtime's thread-registry lock. They are serialized here, and the runtime's own threads
 //! (stdio pumps) are plain pthreads that never allocate; but a caller must not start or end
 //! Rust threads, or allocate on other threads, while a create or exec is in progress, or the
-//! clone can inherit a held lock and hang. The shim keeps a fixed set of threads for that.
+//! clone can inherit a held lock and hang. The shim serves everything from one thread for that.
 mod capture;
 pub mod container;
 pub mod error;
