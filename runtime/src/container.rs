@@ -333,8 +333,11 @@ fn kill_cgroup(mgr: &AnyCgroupManager, id: &str) -> Result<Vec<std::os::fd::Owne
         return Ok(Vec::new());
     }
     let _ = mgr.freeze(FreezerState::Frozen);
+    let pids = list().inspect_err(|_| {
+        let _ = mgr.freeze(FreezerState::Thawed);
+    })?;
     let mut fds = Vec::new();
-    for pid in list()? {
+    for pid in pids {
         if let Ok(fd) = pidfd_open(pid.as_raw()) {
             let _ = pidfd_send_signal(&fd, libc::SIGKILL);
             fds.push(fd);
@@ -474,8 +477,11 @@ impl Container {
         let freeze = signal == libc::SIGKILL;
         if freeze {
             let _ = self.with_cgroup(|m| Ok(m.freeze(FreezerState::Frozen)));
-            // Listed again frozen: nothing can fork in between.
-            pids = self.with_cgroup(list)?;
+            // Listed again frozen: nothing can fork in between. A failure must not leave the
+            // cgroup frozen.
+            pids = self.with_cgroup(list).inspect_err(|_| {
+                let _ = self.with_cgroup(|m| Ok(m.freeze(FreezerState::Thawed)));
+            })?;
         }
         let mut fds = Vec::new();
         for pid in pids {

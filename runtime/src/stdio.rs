@@ -226,12 +226,33 @@ impl Io {
         }
     }
 
-    /// Stops the stdin pump and joins every pump (the process must be gone).
+    /// Like [`Io::wait_output`], for at most `timeout`: a background process that keeps the
+    /// terminal open, or a reader that went away, must not stall the caller. False if the
+    /// output was still being copied (the pump stays joinable).
+    pub fn wait_output_for(&self, timeout: std::time::Duration) -> bool {
+        let mut slot = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            None => true,
+            Some(h) => match h.join_for(timeout) {
+                Ok(()) => true,
+                Err(h) => {
+                    *slot = Some(h);
+                    false
+                }
+            },
+        }
+    }
+
+    /// Stops the stdin pump and joins every pump (the process must be gone). A pump still busy
+    /// after a grace period (its terminal held open by an escaped process, or an output fifo
+    /// nobody reads) is detached rather than waited for.
     pub fn shutdown(&self) {
+        const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
         self.close_stdin();
-        self.wait_output();
+        self.wait_output_for(GRACE);
+        drop(self.output.lock().unwrap_or_else(|p| p.into_inner()).take());
         for h in self.pumps.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            h.join();
+            let _ = h.join_for(GRACE);
         }
     }
 }
@@ -247,6 +268,26 @@ impl PumpThread {
     fn join(mut self) {
         self.joined = true;
         unsafe { libc::pthread_join(self.tid, std::ptr::null_mut()) };
+    }
+
+    /// Joins within `timeout`, or gives the handle back.
+    fn join_for(mut self, timeout: std::time::Duration) -> std::result::Result<(), PumpThread> {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime into a valid timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+        let total = now.tv_nsec as i64 + timeout.subsec_nanos() as i64;
+        let deadline = libc::timespec {
+            tv_sec: now.tv_sec + timeout.as_secs() as libc::time_t + (total / 1_000_000_000) as libc::time_t,
+            tv_nsec: (total % 1_000_000_000) as _,
+        };
+        // SAFETY: a thread of ours that was not joined or detached yet.
+        match unsafe { libc::pthread_timedjoin_np(self.tid, std::ptr::null_mut(), &deadline) } {
+            0 => {
+                self.joined = true;
+                Ok(())
+            }
+            _ => Err(self),
+        }
     }
 }
 

@@ -76,7 +76,9 @@ fn daemon(flags: Flags) -> i32 {
     let mut shim = service::Shim::new(flags, &ttrpc_address);
     let result = server::serve(listener, &mut shim);
     if let Some(path) = socket {
-        let _ = std::fs::remove_file(path);
+        // The listener is closed: unless a new shim for the pod already answers there, the
+        // socket is ours to remove.
+        start::remove_dead_socket(&path);
     }
     match result {
         Ok(()) => 0,

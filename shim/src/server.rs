@@ -44,9 +44,11 @@ pub fn serve(listener: UnixListener, shim: &mut Shim) -> std::io::Result<()> {
     loop {
         shim.reap();
         for d in shim.take_deferred() {
-            if let Some(c) = conns.iter_mut().find(|c| c.id == d.conn) {
-                if !c.send(d.stream, &d.payload) {
-                    c.buf.clear();
+            if let Some(pos) = conns.iter().position(|c| c.id == d.conn) {
+                if !conns[pos].send(d.stream, &d.payload) {
+                    // A partial frame would garble the connection: drop it.
+                    let gone = conns.remove(pos);
+                    shim.forget_conn(gone.id);
                 }
             }
         }
@@ -178,8 +180,9 @@ pub fn trim() {
             }
         }
         match (first, parts.next()) {
-            // Copy-on-write copies (relocated data) are anonymous: those must stay.
-            ("Anonymous:", Some(kb)) if kb != "0" => clean_file = false,
+            // Copy-on-write copies (relocated data) are anonymous, resident or swapped out:
+            // those must stay. Dirty pages are skipped too.
+            ("Anonymous:" | "Swap:" | "Private_Dirty:" | "Shared_Dirty:", Some(kb)) if kb != "0" => clean_file = false,
             ("VmFlags:", _) => {
                 if let (Some(r), true) = (current.take(), clean_file) {
                     ranges.push(r);

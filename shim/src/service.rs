@@ -39,6 +39,10 @@ pub const BUNDLE_RECORD: &str = "podnet.json";
 
 type RpcResult<T> = Result<T, RpcError>;
 
+/// How long an exit waits for a terminal's last output to be copied out: the shim's one thread
+/// must not wait on a terminal an escaped background process keeps open.
+const OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn rpc(e: podnet_runtime::Error) -> RpcError {
     use podnet_runtime::Error as E;
     let code = match &e {
@@ -268,7 +272,7 @@ impl Shim {
                 if let (Some(p), None) = (&e.proc, &e.exit) {
                     if let Ok(Some(exit)) = p.process().try_wait() {
                         if p.io().has_terminal() {
-                            p.io().wait_output();
+                            p.io().wait_output_for(OUTPUT_GRACE);
                         }
                         e.exit = Some(exit);
                         events.push((id.clone(), eid.clone(), p.pid(), exit));
@@ -285,7 +289,7 @@ impl Shim {
             let execs_done = t.execs.values().all(|e| e.proc.is_none() || e.exit.is_some());
             if let (Some(exit), false, true) = (t.exit, t.exit_sent, execs_done) {
                 if t.terminal {
-                    t.container.io().wait_output();
+                    t.container.io().wait_output_for(OUTPUT_GRACE);
                 }
                 t.exit_sent = true;
                 events.push((id.clone(), String::new(), t.container.pid(), exit));
@@ -618,7 +622,9 @@ impl Shim {
                 Err(e) => errs.push(format!("releasing the pod network: {e}")),
             }
         }
-        let _ = std::fs::remove_file(t.bundle.join(BUNDLE_RECORD));
+        if errs.is_empty() {
+            let _ = std::fs::remove_file(t.bundle.join(BUNDLE_RECORD));
+        }
         resp.pid = t.container.pid() as u32;
         resp.exit_status = exit.code as u32;
         resp.exited_at = ts(exit.at);
@@ -633,7 +639,7 @@ impl Shim {
             self.answer_waiters(&req.id, "", exit);
         }
         for (eid, e) in &t.execs {
-            if e.proc.is_some() && e.exit.is_none() {
+            if e.exit.is_none() {
                 self.answer_waiters(&req.id, eid, exit);
             }
         }

@@ -61,6 +61,9 @@ pub fn start(flags: &Flags) -> Result<String, String> {
         let f = bundle.join("address");
         std::fs::write(&f, &address).map_err(|e| format!("{}: {e}", f.display()))
     };
+    // Serialized with every other start and with exiting shims, so that a socket is never
+    // unlinked while its shim still serves it.
+    let _lock = socket_dir_lock()?;
     // The pod's shim may already run: join it.
     for _ in 0..2 {
         if UnixStream::connect(&path).is_ok() {
@@ -83,6 +86,31 @@ pub fn start(flags: &Flags) -> Result<String, String> {
         }
     }
     Err(format!("could neither reach nor create the pod shim at {}", path.display()))
+}
+
+/// An exclusive lock on the socket directory, held until dropped.
+pub fn socket_dir_lock() -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(SOCKET_DIR).map_err(|e| format!("creating {SOCKET_DIR}: {e}"))?;
+    let path = Path::new(SOCKET_DIR).join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(format!("locking {}: {}", path.display(), std::io::Error::last_os_error()));
+    }
+    Ok(f)
+}
+
+/// Removes the socket at `path` if no shim answers there (under the directory lock).
+pub fn remove_dead_socket(path: &Path) {
+    let _lock = socket_dir_lock();
+    if path.exists() && UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn spawn_daemon(flags: &Flags, bundle: &Path, listener: UnixListener) -> Result<(), String> {
@@ -126,7 +154,7 @@ pub fn inherited_listener() -> Result<UnixListener, String> {
     // SAFETY: fstat into a zeroed stat.
     if unsafe { libc::fstat(LISTENER_FD, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(format!(
-            "no listening socket on fd {LISTENER_FD}: the shim daemon is started by `containerd-shim-podnet-v2 start`"
+            "no listening socket on fd {LISTENER_FD}: the shim daemon is started by containerd through `containerd-shim-podnet-v2 start`; set CNI_COMMAND to run the podnet CNI plugin"
         ));
     }
     // SAFETY: fd 3 is a socket handed to this process, owned from here on.
@@ -168,9 +196,7 @@ pub fn delete(flags: &Flags) -> Result<DeleteResponse, String> {
     if let Ok(spec) = BundleSpec::read(&bundle) {
         let group = group_of(&spec.annotations).unwrap_or_else(|| flags.id.clone());
         let path = crate::ttrpc::socket_path(&socket_address(&flags.address, &flags.namespace, &group));
-        if path.exists() && UnixStream::connect(&path).is_err() {
-            let _ = std::fs::remove_file(&path);
-        }
+        remove_dead_socket(&path);
     }
     if let Some(rec) = record.as_ref().and_then(|r| r.network.as_ref()) {
         if let Err(e) = network::teardown(rec) {
