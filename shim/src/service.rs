@@ -609,10 +609,6 @@ impl Shim {
                 t.exit.unwrap_or(Exit { code: 128 + libc::SIGKILL, signal: Some(libc::SIGKILL), at: SystemTime::now() })
             }
         };
-        // A created task that never ran still owes containerd its exit.
-        if !t.exit_sent {
-            t.exit = Some(exit);
-        }
         if let Some(rootfs) = &t.rootfs {
             mount::unmount(rootfs);
         }
@@ -628,6 +624,8 @@ impl Shim {
         resp.pid = t.container.pid() as u32;
         resp.exit_status = exit.code as u32;
         resp.exited_at = ts(exit.at);
+        // A task whose exit was not reported yet (created, never ran) still owes containerd
+        // its exit.
         if !t.exit_sent {
             let mut ev = TaskExit::new();
             ev.container_id = req.id.clone();

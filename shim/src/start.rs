@@ -71,7 +71,6 @@ pub fn start(flags: &Flags) -> Result<String, String> {
             return Ok(address);
         }
         let _ = std::fs::remove_file(&path);
-        std::fs::create_dir_all(SOCKET_DIR).map_err(|e| format!("creating {SOCKET_DIR}: {e}"))?;
         match UnixListener::bind(&path) {
             Ok(listener) => {
                 spawn_daemon(flags, &bundle, listener).inspect_err(|_| {
