@@ -1,6 +1,7 @@
 //! containerd-shim-podnet-v2: one process per pod. It serves containerd's Task API over ttrpc
 //! on a single thread, runs containers with `podnet-runtime`, and sets the pod network up
 //! in-process with the CNI engine (`cni-bridge`). The same binary is the `podnet` CNI plugin.
+pub mod cni;
 pub mod config;
 pub mod events;
 pub mod log;

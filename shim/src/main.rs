@@ -1,5 +1,6 @@
 //! containerd-shim-podnet-v2. With CNI_COMMAND set it is the `podnet` CNI plugin (also
-//! installable as `bridge`, `portmap` and `loopback`: it dispatches on the config's `type`).
+//! installable as `bridge`, `portmap` and `loopback`: it dispatches on the config's `type`),
+//! which hands the call to the pod's shim when the config names containerd (see `cni`).
 //! Otherwise it is a containerd shim v2: `start`, `delete`, `-v`, or (no action) the daemon
 //! that `start` spawns.
 use podnet_shim::config::Flags;
@@ -7,7 +8,7 @@ use podnet_shim::{log, server, service, start};
 
 fn main() {
     if cni_bridge::plugin::invoked_as_plugin() {
-        std::process::exit(cni_bridge::plugin::main());
+        std::process::exit(podnet_shim::cni::plugin_main());
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flags = match Flags::parse(&args) {

@@ -36,7 +36,8 @@ fn pollfd(fd: i32) -> libc::pollfd {
     libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
 }
 
-/// Serves until Shutdown finds the shim idle.
+/// Serves until the shim is done: Shutdown found it idle, or its last network went with no
+/// task left.
 pub fn serve(listener: UnixListener, shim: &mut Shim) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let mut conns: Vec<Conn> = Vec::new();
@@ -53,7 +54,7 @@ pub fn serve(listener: UnixListener, shim: &mut Shim) -> std::io::Result<()> {
             }
         }
         if shim.shutting_down() {
-            tracing::info!("shutting down: no task left");
+            tracing::info!("shutting down: no task and no network left");
             return Ok(());
         }
         let watched = shim.watch_fds();
@@ -138,6 +139,10 @@ fn serve_conn(c: &mut Conn, shim: &mut Shim) -> bool {
         }
         let reply = match Request::parse_from_bytes(&frame.payload) {
             Err(e) => Reply::Now(Err(RpcError::invalid(format!("malformed ttrpc request: {e}")))),
+            Ok(req) if req.service == crate::cni::SERVICE => {
+                heavy = true;
+                Reply::Now(shim.network(&req.method, &req.payload))
+            }
             Ok(req) if !TASK_SERVICES.contains(&req.service.as_str()) => {
                 Reply::Now(Err(RpcError::new(Code::UNIMPLEMENTED, format!("service {} is not served here", req.service))))
             }

@@ -169,6 +169,8 @@ pub struct Shim {
     waiters: Vec<Waiter>,
     done: Vec<Deferred>,
     shutdown: bool,
+    /// The pod attachments (container id, ifname) CRI's CNI calls set up through this shim.
+    networks: std::collections::BTreeSet<(String, String)>,
 }
 
 fn ts(t: SystemTime) -> MessageField<Timestamp> {
@@ -198,12 +200,49 @@ fn decode<M: Message>(payload: &[u8], method: &str) -> RpcResult<M> {
 impl Shim {
     pub fn new(flags: Flags, ttrpc_address: &str) -> Shim {
         let publisher = Publisher::new(ttrpc_address, &flags.namespace);
-        Shim { flags, publisher, runtime: None, tasks: BTreeMap::new(), waiters: Vec::new(), done: Vec::new(), shutdown: false }
+        Shim {
+            flags,
+            publisher,
+            runtime: None,
+            tasks: BTreeMap::new(),
+            waiters: Vec::new(),
+            done: Vec::new(),
+            shutdown: false,
+            networks: Default::default(),
+        }
     }
 
     /// Whether Shutdown may end the process: no task and no network left.
     pub fn idle(&self) -> bool {
-        self.tasks.is_empty()
+        self.tasks.is_empty() && self.networks.is_empty()
+    }
+
+    /// A CNI call the `podnet` plugin handed over (ADD, DEL or CHECK), run with the engine
+    /// here. A shim left with neither a task nor a network (its pod's DEL went through, or the
+    /// ADD that spawned it failed) ends.
+    pub fn network(&mut self, method: &str, payload: &[u8]) -> RpcResult<Vec<u8>> {
+        let (inv, outcome) = crate::cni::serve(method, payload)?;
+        let (id, ifname) = inv.attachment();
+        if outcome.exit_code == 0 {
+            match method {
+                "Add" => {
+                    tracing::info!(id = %id, ifname = %ifname, "pod network added");
+                    self.networks.insert((id, ifname));
+                }
+                "Del" => {
+                    tracing::info!(id = %id, ifname = %ifname, "pod network deleted");
+                    self.networks.remove(&(id, ifname));
+                }
+                _ => {}
+            }
+        } else {
+            tracing::warn!(id = %id, ifname = %ifname, method, "CNI call failed: {}", outcome.stdout);
+        }
+        if self.idle() {
+            tracing::info!("no task and no network left");
+            self.shutdown = true;
+        }
+        serde_json::to_vec(&outcome).map_err(|e| RpcError::internal(format!("encoding the reply: {e}")))
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -867,7 +906,7 @@ impl Shim {
         if self.idle() {
             self.shutdown = true;
         } else {
-            tracing::debug!(tasks = self.tasks.len(), "shutdown ignored: tasks remain");
+            tracing::debug!(tasks = self.tasks.len(), networks = self.networks.len(), "shutdown ignored: tasks or networks remain");
         }
         Ok(Empty::new())
     }

@@ -55,29 +55,45 @@ pub fn start(flags: &Flags) -> Result<String, String> {
     let bundle = bundle_dir(flags)?;
     let spec = BundleSpec::read(&bundle)?;
     let group = group_of(&spec.annotations).unwrap_or_else(|| flags.id.clone());
-    let address = socket_address(&flags.address, &flags.namespace, &group);
+    let shim = ensure_shim(flags, &group, &bundle, &[])?;
+    let f = bundle.join("address");
+    std::fs::write(&f, &shim.address).map_err(|e| format!("{}: {e}", f.display()))?;
+    if let Some(pid) = shim.pid {
+        let _ = std::fs::write(bundle.join("shim.pid"), pid.to_string());
+    }
+    Ok(shim.address)
+}
+
+/// The pod's shim, found or spawned.
+pub struct PodShim {
+    pub address: String,
+    /// Its process id, when known (spawned now, or told by the socket's peer credentials).
+    pub pid: Option<u32>,
+    /// Whether this call spawned it.
+    pub spawned: bool,
+}
+
+/// Connects to the shim of pod `group` (for containerd `flags.address` and namespace
+/// `flags.namespace`) or spawns it: the one path `start` and the CNI plugin share. A spawned
+/// daemon runs in `cwd` with `env` added to this process's environment.
+pub fn ensure_shim(flags: &Flags, group: &str, cwd: &Path, env: &[(String, String)]) -> Result<PodShim, String> {
+    let address = socket_address(&flags.address, &flags.namespace, group);
     let path = crate::ttrpc::socket_path(&address);
-    let write_address = || {
-        let f = bundle.join("address");
-        std::fs::write(&f, &address).map_err(|e| format!("{}: {e}", f.display()))
-    };
     // Serialized with every other start and with exiting shims, so that a socket is never
     // unlinked while its shim still serves it.
     let _lock = socket_dir_lock()?;
     // The pod's shim may already run: join it.
     for _ in 0..2 {
-        if UnixStream::connect(&path).is_ok() {
-            write_address()?;
-            return Ok(address);
+        if let Ok(s) = UnixStream::connect(&path) {
+            return Ok(PodShim { address, pid: peer_pid(&s), spawned: false });
         }
         let _ = std::fs::remove_file(&path);
         match UnixListener::bind(&path) {
             Ok(listener) => {
-                spawn_daemon(flags, &bundle, listener).inspect_err(|_| {
+                let pid = spawn_daemon(flags, cwd, env, listener).inspect_err(|_| {
                     let _ = std::fs::remove_file(&path);
                 })?;
-                write_address()?;
-                return Ok(address);
+                return Ok(PodShim { address, pid: Some(pid), spawned: true });
             }
             // Another start for the same pod won the race: connect to it.
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
@@ -85,6 +101,17 @@ pub fn start(flags: &Flags) -> Result<String, String> {
         }
     }
     Err(format!("could neither reach nor create the pod shim at {}", path.display()))
+}
+
+/// The process at the other end of a unix socket.
+fn peer_pid(s: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt into a ucred of the size given.
+    let rc = unsafe {
+        libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
 }
 
 /// An exclusive lock on the socket directory, held until dropped.
@@ -112,7 +139,7 @@ pub fn remove_dead_socket(path: &Path) {
     }
 }
 
-fn spawn_daemon(flags: &Flags, bundle: &Path, listener: UnixListener) -> Result<(), String> {
+fn spawn_daemon(flags: &Flags, cwd: &Path, env: &[(String, String)], listener: UnixListener) -> Result<u32, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding the shim binary: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address]);
@@ -122,8 +149,16 @@ fn spawn_daemon(flags: &Flags, bundle: &Path, listener: UnixListener) -> Result<
     if flags.debug {
         cmd.arg("-debug");
     }
-    // containerd reads start's stdout to EOF: the daemon keeps none of start's stdio.
-    cmd.current_dir(bundle).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // A daemon spawned by the CNI plugin must not think it is one.
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("CNI_")) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    // containerd reads start's (and a CNI plugin's) stdout to EOF: the daemon keeps none of
+    // the caller's stdio.
+    cmd.current_dir(cwd).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let fd = listener.as_raw_fd();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
@@ -142,9 +177,7 @@ fn spawn_daemon(flags: &Flags, bundle: &Path, listener: UnixListener) -> Result<
         });
     }
     let child = cmd.spawn().map_err(|e| format!("spawning the shim daemon: {e}"))?;
-    let pid_file = bundle.join("shim.pid");
-    let _ = std::fs::write(pid_file, child.id().to_string());
-    Ok(())
+    Ok(child.id())
 }
 
 /// The daemon's listener, passed by `start` on fd 3.

@@ -132,11 +132,24 @@ impl Client {
         req: &impl Message,
         timeout: Option<Duration>,
     ) -> Result<R, RpcError> {
+        let payload = req.write_to_bytes().map_err(|e| RpcError::internal(format!("encoding the request: {e}")))?;
+        let reply = self.call_raw(service, method, payload, timeout)?;
+        R::parse_from_bytes(&reply).map_err(|e| RpcError::internal(format!("decoding the {method} reply: {e}")))
+    }
+
+    /// Calls `service`/`method` with an encoded payload; returns the reply's payload.
+    pub fn call_raw(
+        &mut self,
+        service: &str,
+        method: &str,
+        payload: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, RpcError> {
         let io_err = |what: &str, e: io::Error| RpcError::new(Code::UNAVAILABLE, format!("{what} {service}/{method}: {e}"));
         let mut r = Request::new();
         r.service = service.to_string();
         r.method = method.to_string();
-        r.payload = req.write_to_bytes().map_err(|e| RpcError::internal(format!("encoding the request: {e}")))?;
+        r.payload = payload;
         r.timeout_nano = timeout.map(|t| t.as_nanos().min(i64::MAX as u128) as i64).unwrap_or(0);
         let id = self.next_stream;
         self.next_stream += 2;
@@ -152,8 +165,7 @@ impl Client {
                     if code != Code::OK {
                         return Err(RpcError::new(code, resp.status.message.clone()));
                     }
-                    return R::parse_from_bytes(&resp.payload)
-                        .map_err(|e| RpcError::internal(format!("decoding the {method} reply: {e}")));
+                    return Ok(resp.payload);
                 }
                 Some(_) => continue,
                 None => {}
