@@ -54,6 +54,9 @@ pub struct CreateOptions {
     /// Run in this network namespace (a bind mount such as /var/run/netns/<name>) instead of
     /// the one the spec names or asks for.
     pub netns: Option<PathBuf>,
+    /// Run the embedded pause instead of the spec's process (a pod sandbox whose image has no
+    /// pause binary): the rest of the spec applies as written.
+    pub embedded_pause: bool,
 }
 
 /// A process started in a running container (exec).
@@ -128,6 +131,13 @@ impl Runtime {
             spec::set_namespace_path(&mut oci, LinuxNamespaceType::Network, path);
         }
         let prepared = spec::prepare(oci, bundle, &file, &format!("/podnet/{id}"))?;
+        if opts.embedded_pause {
+            let pause = std::fs::File::open(self.pause_binary()?).map_err(|e| Error::io("opening the pause binary", e))?;
+            let exec = crate::sandbox::PauseExecutor::new(std::os::fd::AsRawFd::as_raw_fd(&pause));
+            let c = self.build(id, prepared, opts.stdio, Workload::Pause(exec), None);
+            drop(pause);
+            return c;
+        }
         self.build(id, prepared, opts.stdio, Workload::Spec, None)
     }
 

@@ -40,7 +40,7 @@ impl Pod {
 
     /// Creates an app container from `bundle` joined to the pod's namespaces (container mode).
     pub fn create_container(&self, runtime: &Runtime, id: &str, bundle: &Path, stdio: StdioConfig) -> Result<Arc<Container>> {
-        let opts = CreateOptions { stdio, sandbox: Some(self.handle()?), netns: None };
+        let opts = CreateOptions { stdio, sandbox: Some(self.handle()?), ..Default::default() };
         let c = Arc::new(runtime.create(id, bundle, opts)?);
         self.adopt(c.clone());
         Ok(c)

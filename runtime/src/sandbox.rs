@@ -179,6 +179,13 @@ pub(crate) struct PauseExecutor {
     fd: RawFd,
 }
 
+impl PauseExecutor {
+    /// `fd`: the pause binary, open until the container is built.
+    pub(crate) fn new(fd: RawFd) -> PauseExecutor {
+        PauseExecutor { fd }
+    }
+}
+
 impl Executor for PauseExecutor {
     fn exec(&self, _spec: &Spec) -> std::result::Result<(), ExecutorError> {
         let argv = [c"/pause".as_ptr(), std::ptr::null()];

@@ -66,6 +66,9 @@ pub struct BundleSpec {
     pub annotations: serde_json::Map<String, Value>,
     /// (namespace type, has a path) for each namespace the spec lists.
     pub namespaces: Vec<(String, bool)>,
+    /// `root.path` (relative to the bundle unless absolute) and `process.args[0]`.
+    pub root: Option<String>,
+    pub program: Option<String>,
 }
 
 impl BundleSpec {
@@ -87,7 +90,17 @@ impl BundleSpec {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(BundleSpec { annotations, namespaces })
+        let string = |p: &str| v.pointer(p).and_then(Value::as_str).map(String::from);
+        Ok(BundleSpec { annotations, namespaces, root: string("/root/path"), program: string("/process/args/0") })
+    }
+
+    /// Whether the process's program is missing from the container's root (a pod sandbox
+    /// created without the pause image's rootfs): then the shim runs its own pause.
+    fn program_missing(&self, bundle: &Path) -> bool {
+        let (Some(root), Some(program)) = (&self.root, &self.program) else { return false };
+        let root = bundle.join(root);
+        // A bare name would be looked up in PATH: only absolute paths are checked.
+        program.starts_with('/') && root.join(program.trim_start_matches('/')).symlink_metadata().is_err()
     }
 
     fn annotation(&self, key: &str) -> Option<&str> {
@@ -510,10 +523,17 @@ impl Shim {
             return Err(RpcError::internal(e));
         }
         let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        // CRI's sandbox runs the pinned pause image's /pause when the rootfs has it, and the
+        // embedded pause otherwise: the image is accepted, not required.
+        let embedded_pause = spec.annotation(ANN_CONTAINER_TYPE) == Some("sandbox") && spec.program_missing(&bundle);
+        if embedded_pause {
+            tracing::info!(id = %id, "the sandbox's rootfs has no {:?}: running the embedded pause", spec.program);
+        }
         let opts = CreateOptions {
             stdio: stdio.clone(),
             sandbox: join,
             netns: record.network.as_ref().map(|n| n.netns.clone()),
+            embedded_pause,
         };
         let created = match &self.runtime {
             Some((_, rt)) => rt.create(&id, &bundle, opts).map_err(rpc),

@@ -67,10 +67,8 @@ pub fn start(flags: &Flags) -> Result<String, String> {
 /// The pod's shim, found or spawned.
 pub struct PodShim {
     pub address: String,
-    /// Its process id, when known (spawned now, or told by the socket's peer credentials).
+    /// Its process id, when this call spawned it.
     pub pid: Option<u32>,
-    /// Whether this call spawned it.
-    pub spawned: bool,
 }
 
 /// Connects to the shim of pod `group` (for containerd `flags.address` and namespace
@@ -84,8 +82,8 @@ pub fn ensure_shim(flags: &Flags, group: &str, cwd: &Path, env: &[(String, Strin
     let _lock = socket_dir_lock()?;
     // The pod's shim may already run: join it.
     for _ in 0..2 {
-        if let Ok(s) = UnixStream::connect(&path) {
-            return Ok(PodShim { address, pid: peer_pid(&s), spawned: false });
+        if UnixStream::connect(&path).is_ok() {
+            return Ok(PodShim { address, pid: None });
         }
         let _ = std::fs::remove_file(&path);
         match UnixListener::bind(&path) {
@@ -93,7 +91,7 @@ pub fn ensure_shim(flags: &Flags, group: &str, cwd: &Path, env: &[(String, Strin
                 let pid = spawn_daemon(flags, cwd, env, listener).inspect_err(|_| {
                     let _ = std::fs::remove_file(&path);
                 })?;
-                return Ok(PodShim { address, pid: Some(pid), spawned: true });
+                return Ok(PodShim { address, pid: Some(pid) });
             }
             // Another start for the same pod won the race: connect to it.
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
@@ -101,17 +99,6 @@ pub fn ensure_shim(flags: &Flags, group: &str, cwd: &Path, env: &[(String, Strin
         }
     }
     Err(format!("could neither reach nor create the pod shim at {}", path.display()))
-}
-
-/// The process at the other end of a unix socket.
-fn peer_pid(s: &UnixStream) -> Option<u32> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt into a ucred of the size given.
-    let rc = unsafe {
-        libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
-    };
-    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
 }
 
 /// An exclusive lock on the socket directory, held until dropped.

@@ -914,6 +914,50 @@ fn delete_of_a_created_task_answers_its_waiter() {
     env.finish();
 }
 
+/// CRI's sandbox container whose rootfs has no pause binary (the pinned pause image is
+/// accepted, not required): the shim runs its embedded pause with the rest of the spec.
+#[test]
+#[ignore = "needs root"]
+fn a_sandbox_without_a_pause_binary_runs_the_embedded_pause() {
+    let env = Env::new();
+    let id = unique("sbx");
+    let empty = env.dir.path().join("empty-root");
+    fs::create_dir_all(&empty).expect("empty rootfs");
+    let spec = Spec::new(&empty, &["/pause"])
+        .remove_namespace("network")
+        .cgroups_path(&env.cgroup(&id))
+        .annotation("io.kubernetes.cri.container-type", "sandbox")
+        .annotation("io.kubernetes.cri.sandbox-id", &id);
+    let b = env.bundle(&id, &spec);
+    let (_, socket) = env.start(&b);
+    let daemon = b.shim_pid().expect("shim.pid");
+    let mut c = connect(&socket);
+    let created: CreateTaskResponse = call(&mut c, "Create", &create_req(&b)).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
+    let started: StartResponse = call(&mut c, "Start", &id_req(|r: &mut StartRequest| r.id = id.clone()))
+        .unwrap_or_else(|e| panic!("Start: {e}\n{}", b.log()));
+    let pid = started.pid as i32;
+    assert_eq!(pid, created.pid as i32, "StartResponse.pid is the pause's pid");
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    assert!(exe.to_string_lossy().contains(".podnet-pause"), "the sandbox runs the embedded pause, not {exe:?}");
+    assert!(b.log().contains("embedded pause"), "the shim says why: {}", b.log());
+    // A SIGTERM that reaches the pause (its pid namespace's init) before it blocks the signal
+    // is dropped by the kernel: wait until it waits for signals.
+    let waiting = || fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default().contains("sigtimedwait");
+    assert!(podnet_tests::retry(500, Duration::from_millis(10), waiting), "the pause never waited for signals");
+    let _: Empty = call(&mut c, "Kill", &id_req(|r: &mut KillRequest| {
+        r.id = id.clone();
+        r.signal = libc::SIGTERM as u32;
+    }))
+    .expect("Kill");
+    let waited: WaitResponse = call(&mut c, "Wait", &id_req(|r: &mut WaitRequest| r.id = id.clone())).expect("Wait");
+    assert_eq!(waited.exit_status, 0, "the pause exits 0 on SIGTERM");
+    let _: DeleteResponse = call(&mut c, "Delete", &id_req(|r: &mut DeleteRequest| r.id = id.clone())).expect("Delete");
+    shutdown(&mut c, &id);
+    drop(c);
+    assert_shim_exits(daemon, &socket, &b);
+    env.finish();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Pod grouping: one shim per pod.
 
