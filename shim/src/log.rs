@@ -14,8 +14,23 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
+/// Where lines go: the bundle's `log` fifo, once one is open.
+static OUT: Mutex<Option<File>> = Mutex::new(None);
+
+fn open_fifo(path: &Path) -> Option<File> {
+    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path).ok()
+}
+
+/// A shim spawned by the CNI plugin starts with no bundle, so no log: the first bundle it
+/// gets (the sandbox's, at Create) gives it one.
+pub fn adopt(bundle: &Path) {
+    let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
+    if out.is_none() {
+        *out = open_fifo(&bundle.join("log"));
+    }
+}
+
 pub struct FifoLog {
-    out: Mutex<Option<File>>,
     max: Level,
     next_span: AtomicU64,
 }
@@ -24,12 +39,8 @@ impl FifoLog {
     /// Opens `path` (the bundle's `log` fifo) for writing without waiting for a reader; no fifo
     /// or no reader means no log.
     pub fn open(path: &Path, debug: bool) -> FifoLog {
-        let out = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)
-            .ok();
-        FifoLog { out: Mutex::new(out), max: if debug { Level::DEBUG } else { Level::INFO }, next_span: AtomicU64::new(1) }
+        *OUT.lock().unwrap_or_else(|p| p.into_inner()) = open_fifo(path);
+        FifoLog { max: if debug { Level::DEBUG } else { Level::INFO }, next_span: AtomicU64::new(1) }
     }
 
     /// Installs this as the process-wide subscriber.
@@ -109,7 +120,7 @@ impl Subscriber for FifoLog {
         e.record(&mut line);
         let _ = write!(line.0, " runtime=io.containerd.podnet.v2 pid={}", std::process::id());
         line.0.push('\n');
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = out.as_mut() {
             // EAGAIN (nobody reading) or EPIPE (reader gone): the line is dropped.
             let _ = f.write_all(line.0.as_bytes());

@@ -443,6 +443,7 @@ impl Shim {
         let opts = RuntimeOptions::from_any(req.options.as_ref()).map_err(RpcError::invalid)?;
         let cfg = Config::for_options(&opts).map_err(RpcError::invalid)?;
         let bundle = PathBuf::from(&req.bundle);
+        crate::log::adopt(&bundle);
         let spec = BundleSpec::read(&bundle).map_err(RpcError::invalid)?;
         let pod = group_of(&spec.annotations).unwrap_or_else(|| id.clone());
         self.reap();
