@@ -111,6 +111,37 @@ struct Flags {
 }
 
 /// Why a container is being created: the build differs only in what runs.
+/// libcontainer's default workload, except that a program given by absolute path needs no PATH
+/// in the environment (runc's rule: the pause image's `/pause` runs with an empty env).
+#[derive(Clone)]
+pub(crate) struct SpecExecutor;
+
+impl libcontainer::workload::Executor for SpecExecutor {
+    fn exec(&self, spec: &libcontainer::oci_spec::runtime::Spec) -> std::result::Result<(), libcontainer::workload::ExecutorError> {
+        libcontainer::workload::default::DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(
+        &self,
+        spec: &libcontainer::oci_spec::runtime::Spec,
+    ) -> std::result::Result<(), libcontainer::workload::ExecutorValidationError> {
+        use std::os::unix::fs::PermissionsExt;
+        let program = spec.process().as_ref().and_then(|p| p.args().as_ref()).and_then(|a| a.first());
+        match program {
+            Some(p) if p.starts_with('/') => match fs::metadata(p) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+                Ok(_) => Err(libcontainer::workload::ExecutorValidationError::ArgValidationError(format!(
+                    "executable {p:?} is not an executable file"
+                ))),
+                Err(e) => Err(libcontainer::workload::ExecutorValidationError::ArgValidationError(format!(
+                    "executable {p:?}: {e}"
+                ))),
+            },
+            _ => libcontainer::workload::default::DefaultExecutor {}.validate(spec),
+        }
+    }
+}
+
 pub(crate) enum Workload {
     Spec,
     Pause(crate::sandbox::PauseExecutor),
@@ -198,7 +229,7 @@ impl Runtime {
         let lc = libcontainer_build(id, dir, &mut pending, &format!("creating container {id:?}"), |b| {
             let b = match workload {
                 Workload::Pause(exec) => b.with_executor(exec),
-                Workload::Spec => b,
+                Workload::Spec => b.with_executor(SpecExecutor),
             };
             b.validate_id()?.as_init(dir).with_systemd(false).with_detach(true).build()
         })?;
@@ -535,7 +566,7 @@ impl Container {
         let what = format!("exec {exec_id:?} in {:?}", self.id);
         let _fork = runtime.fork_lock.lock().unwrap_or_else(|p| p.into_inner());
         let pid = libcontainer_build(&self.id, &self.dir, &mut pending, &what, |b| {
-            b.as_tenant().with_process(Some(json)).with_detach(true).build()
+            b.with_executor(SpecExecutor).as_tenant().with_process(Some(json)).with_detach(true).build()
         })?;
         let process = Process::from_child(pid.as_raw()).map_err(|e| Error::io(what.clone(), e))?;
         let io = pending.start(&what).inspect_err(|_| process.kill_and_reap())?;

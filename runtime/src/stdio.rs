@@ -106,6 +106,22 @@ fn open_output(p: &Path) -> Result<OwnedFd> {
         .map_err(|e| Error::io(format!("opening output {}", path.display()), e))
 }
 
+/// `path`, or, when it is too long for a unix socket (108 bytes with the NUL: CRI's ids are
+/// 64 characters, and an exec's socket name holds two), a name in /run derived from it.
+fn short_socket_path(path: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().len() < 100 {
+        return path.to_path_buf();
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    let short = PathBuf::from(format!("/run/podnet-console-{:016x}.sock", h.finish()));
+    // A leftover of a process that died before using it.
+    let _ = std::fs::remove_file(&short);
+    short
+}
+
 /// Opens what `cfg` names; `console_sock` is where a terminal's console socket goes.
 pub(crate) fn prepare(cfg: &StdioConfig, console_sock: &Path) -> Result<Pending> {
     let mut pending = Pending {
@@ -139,7 +155,7 @@ pub(crate) fn prepare(cfg: &StdioConfig, console_sock: &Path) -> Result<Pending>
         }
     }
     if cfg.terminal {
-        let sock = console_sock.to_path_buf();
+        let sock = short_socket_path(console_sock);
         let listener = UnixListener::bind(&sock)
             .map_err(|e| Error::io(format!("creating console socket {}", sock.display()), e))?;
         pending.console = Some((sock, listener));
@@ -157,18 +173,27 @@ pub(crate) fn prepare(cfg: &StdioConfig, console_sock: &Path) -> Result<Pending>
     Ok(pending)
 }
 
+impl Drop for Pending {
+    /// A create that failed before the terminal was received leaves no socket behind.
+    fn drop(&mut self) {
+        if let Some((path, _)) = &self.console {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 impl Pending {
     /// The process exists: receive the pty master (terminal) and start the pumps. The fds
     /// meant for the process were moved into it by libcontainer and are closed here.
-    pub(crate) fn start(self, what: &str) -> Result<Io> {
-        let Pending { console, stdin_fifo, stdin_pipe, stdout_fifo, .. } = self;
+    pub(crate) fn start(mut self, what: &str) -> Result<Io> {
+        let (console, stdin_fifo, stdin_pipe, stdout_fifo) =
+            (self.console.take(), self.stdin_fifo.take(), self.stdin_pipe.take(), self.stdout_fifo.take());
         let mut io = Io::default();
         let master = match console {
             Some((path, listener)) => {
-                let m = receive_master(&listener)
-                    .map_err(|e| Error::io(format!("{what}: receiving the terminal from {}", path.display()), e))?;
+                let m = receive_master(&listener);
                 let _ = std::fs::remove_file(&path);
-                Some(m)
+                Some(m.map_err(|e| Error::io(format!("{what}: receiving the terminal from {}", path.display()), e))?)
             }
             None => None,
         };
