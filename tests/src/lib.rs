@@ -5,6 +5,8 @@
 //! tables with it: nothing touches the host's own interfaces, routes or firewall.
 
 pub mod containerd;
+pub mod cri;
+pub mod cri_stream;
 pub mod leaks;
 pub mod oci;
 pub mod rt;
