@@ -463,6 +463,8 @@ impl PodConfigExt for cri::PodSandboxConfig {
     }
     fn host_network(mut self) -> Self {
         ns_options(&mut self).network = cri::NamespaceMode::Node as i32;
+        // The node's UTS namespace too: no hostname of the pod's (runc refuses one as well).
+        self.hostname.clear();
         self
     }
     fn share_pid(mut self) -> Self {
