@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use ipnet::IpNet;
 use podnet_netns::NetNs;
@@ -24,6 +26,85 @@ pub struct BridgePlugin {
     pub network: String,
     pub conf: BridgeConfig,
     pub ipam: IpamConfig,
+}
+
+/// What DEL does after the firewall rules: the links (whose deletion waits for an RCU grace
+/// period, ~20 ms), then the addresses go back to the pool, then the record. An IP is never free
+/// while an interface still uses it.
+struct DelTail {
+    host_veth: String,
+    netns: Option<PathBuf>,
+    container_id: String,
+    ifname: String,
+    fw_open: Option<Firewall>,
+    host_local: Result<HostLocal>,
+    store: AttachmentStore,
+}
+
+impl DelTail {
+    /// `keep_record_on_error`: a deferred DEL keeps the record when a step failed, so that a
+    /// later DEL or GC can finish the work (its caller was already told it succeeded).
+    fn run(self, errs: &mut ErrorList, keep_record_on_error: bool) {
+        let DelTail { host_veth, netns, container_id, ifname, fw_open, host_local, store } = self;
+        let host_veth_existed = match Rtnl::new().and_then(|mut host| host.delete_link_by_name(&host_veth)) {
+            Ok(existed) => existed,
+            Err(e) => {
+                errs.push(Err(nl_err("delete the host veth", e)));
+                false
+            }
+        };
+        // Deleting the host end deletes the pod end; only if the host end was already gone
+        // can a pod end have outlived it.
+        if !host_veth_existed {
+            if let Some(ns) = netns.as_deref().filter(|p| p.exists()).and_then(|p| NetNs::open(p).ok()) {
+                let name = ifname.clone();
+                if let Ok(r) = ns.run(move || Rtnl::new().and_then(|mut nl| nl.delete_link_by_name(&name))) {
+                    errs.push(r.map(drop).map_err(|e| nl_err("delete the pod interface", e)));
+                }
+            }
+        }
+        drop(fw_open);
+        errs.push(host_local.and_then(|h| h.release(&container_id, &ifname)));
+        if !(keep_record_on_error && !errs.is_empty()) {
+            errs.push(store.remove(&container_id, &ifname));
+        }
+    }
+}
+
+/// DELs waiting for [`run_deferred`]; `None`: DEL does all its work before it returns.
+static DEFERRED: Mutex<Option<Vec<(String, DelTail)>>> = Mutex::new(None);
+
+/// For a long-lived caller that answers before it finishes (podnet's shim): from now on, a DEL
+/// of this process removes the attachment's firewall rules and returns; deleting its links,
+/// releasing its addresses and removing its record wait for [`run_deferred`]. Until then the
+/// record stays, so a DEL or GC from another process still finds the attachment.
+pub fn defer_dels() {
+    let mut d = DEFERRED.lock().unwrap_or_else(|p| p.into_inner());
+    if d.is_none() {
+        *d = Some(Vec::new());
+    }
+}
+
+/// Finishes the deferred DELs, in order; returns one message per DEL that failed.
+pub fn run_deferred() -> Vec<String> {
+    let pending = match DEFERRED.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        Some(list) => std::mem::take(list),
+        None => return Vec::new(),
+    };
+    let mut failed = Vec::new();
+    for (what, tail) in pending {
+        let mut errs = ErrorList::default();
+        tail.run(&mut errs, true);
+        if let Err(e) = errs.into_result(&what) {
+            failed.push(e.to_string());
+        }
+    }
+    failed
+}
+
+/// Whether DELs are waiting for [`run_deferred`].
+pub fn has_deferred() -> bool {
+    DEFERRED.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|l| !l.is_empty())
 }
 
 impl BridgePlugin {
@@ -350,27 +431,32 @@ impl BridgePlugin {
             fw_open = Some(fw);
             r
         }));
-        let host_veth_existed = match Rtnl::new().and_then(|mut host| host.delete_link_by_name(&id.host_veth())) {
-            Ok(existed) => existed,
-            Err(e) => {
-                errs.push(Err(nl_err("delete the host veth", e)));
-                false
+        let tail = DelTail {
+            host_veth: id.host_veth(),
+            netns: req.netns.map(Path::to_path_buf),
+            container_id: req.container_id.to_owned(),
+            ifname: req.ifname.to_owned(),
+            fw_open,
+            host_local: self.host_local(),
+            store: self.store(),
+        };
+        let what = format!("DEL {}/{} on network {}", req.container_id, req.ifname, self.network);
+        let deferred = {
+            let mut d = DEFERRED.lock().unwrap_or_else(|p| p.into_inner());
+            match d.as_mut() {
+                // The rules are gone and the caller is answered now; the links, the address and
+                // the record go right after, in order (see [`defer_dels`]).
+                Some(list) if errs.is_empty() => {
+                    list.push((what.clone(), tail));
+                    None
+                }
+                _ => Some(tail),
             }
         };
-        // Deleting the host end deletes the pod end; only if the host end was already gone
-        // can a pod end have outlived it.
-        if !host_veth_existed {
-            if let Some(ns) = req.netns.filter(|p| p.exists()).and_then(|p| NetNs::open(p).ok()) {
-                let ifname = req.ifname.to_owned();
-                if let Ok(r) = ns.run(move || Rtnl::new().and_then(|mut nl| nl.delete_link_by_name(&ifname))) {
-                    errs.push(r.map(drop).map_err(|e| nl_err("delete the pod interface", e)));
-                }
-            }
+        if let Some(tail) = deferred {
+            tail.run(&mut errs, false);
         }
-        drop(fw_open);
-        errs.push(self.host_local().and_then(|h| h.release(req.container_id, req.ifname)));
-        errs.push(self.store().remove(req.container_id, req.ifname));
-        errs.into_result(&format!("DEL {}/{} on network {}", req.container_id, req.ifname, self.network))
+        errs.into_result(&what)
     }
 
     /// CHECK: the pod interface carries the result's addresses and routes, the host veth is on

@@ -92,6 +92,10 @@ impl std::error::Error for CniError {}
 pub struct ErrorList(pub Vec<CniError>);
 
 impl ErrorList {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn push(&mut self, r: Result<()>) {
         if let Err(e) = r {
             self.0.push(e);

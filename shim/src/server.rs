@@ -53,6 +53,10 @@ pub fn serve(listener: UnixListener, shim: &mut Shim) -> std::io::Result<()> {
                 }
             }
         }
+        // A DEL's reply is out by now: finish its slow part (the veth) before anything else.
+        for e in cni_bridge::bridge::run_deferred() {
+            tracing::warn!("finishing a network DEL: {e}");
+        }
         if shim.shutting_down() {
             tracing::info!("shutting down: no task and no network left");
             return Ok(());
