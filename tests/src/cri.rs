@@ -1084,24 +1084,12 @@ impl Drop for CriNode {
     }
 }
 
-/// The plugins disabled with CRI on: the harness's defaults minus CRI and its sandbox machinery.
+/// The plugins disabled with CRI on: the harness's defaults minus CRI and its sandbox machinery
+/// (every plugin id of containerd's `cri`, `podsandbox` and `sandbox` families).
 pub fn disabled_plugins(v1: bool) -> Vec<String> {
-    let keep: &[&str] = if v1 {
-        &["io.containerd.grpc.v1.cri"]
-    } else {
-        &[
-            "io.containerd.grpc.v1.cri",
-            "io.containerd.cri.v1.images",
-            "io.containerd.cri.v1.runtime",
-            "io.containerd.podsandbox.controller.v1.podsandbox",
-            "io.containerd.sandbox.controller.v1.shim",
-            "io.containerd.grpc.v1.sandbox-controllers",
-            "io.containerd.grpc.v1.sandboxes",
-            "io.containerd.sandbox.store.v1.local",
-        ]
-    };
     let defaults = if v1 { DEFAULT_DISABLED_PLUGINS_1_7 } else { DEFAULT_DISABLED_PLUGINS };
-    defaults.iter().filter(|p| !keep.contains(p)).map(|p| p.to_string()).collect()
+    let cri = |p: &str| p.contains(".cri") || p.contains("sandbox");
+    defaults.iter().filter(|p| !cri(p)).map(|p| p.to_string()).collect()
 }
 
 fn q(p: &Path) -> String {
