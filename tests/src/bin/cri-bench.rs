@@ -13,8 +13,8 @@
 //! `/proc/<pid>/smaps_rollup`, for `podnet` then `runc`.
 //!
 //! Usage: `cri-bench N P OUT.json [WARMUP]` (root). Set `PODNET_PLUGIN` to the shim to measure
-//! (hack/bench: the release build). Prints the table and verdicts on stdout, a progress bar on
-//! stderr, and writes the results as JSON. A CRI error, a panic, SIGINT or SIGTERM stops the
+//! (hack/bench: the release build); `CRI_BENCH_LOG=<file>` keeps containerd's debug log. Prints
+//! the table and verdicts on stdout, a progress bar on stderr, and writes the results as JSON. A CRI error, a panic, SIGINT or SIGTERM stops the
 //! run; the node's `Drop` then removes every pod and stops containerd (build this binary with
 //! panic = "unwind", i.e. not with the workspace's release profile).
 
@@ -80,7 +80,7 @@ struct Progress {
 impl Progress {
     fn show(&mut self, what: &str) {
         let width = 30;
-        let filled = if self.total == 0 { width } else { self.done * width / self.total };
+        let filled = (self.done * width).checked_div(self.total).unwrap_or(width);
         let line = format!(
             "[{}{}] {}/{} {what}",
             "#".repeat(filled),
@@ -92,8 +92,8 @@ impl Progress {
         if self.tty {
             let _ = write!(e, "\r\x1b[K{line}");
         } else {
-            let decile = if self.total == 0 { 10 } else { self.done * 10 / self.total };
-            if decile != self.last_decile || self.done == 0 {
+            let decile = (self.done * 10).checked_div(self.total).unwrap_or(10);
+            if decile != self.last_decile {
                 self.last_decile = decile;
                 let _ = writeln!(e, "{line}");
             }
@@ -233,6 +233,15 @@ fn memory(node: &CriNode, handler: &str, pods: usize, progress: &mut Progress) -
     Ok(out)
 }
 
+/// An error with the tail of containerd's log (not for an interruption).
+fn with_log(node: &CriNode, e: String) -> String {
+    if STOP.load(Ordering::SeqCst) {
+        e
+    } else {
+        format!("{e}\ncontainerd's log:\n{}", node.c().log_tail(30))
+    }
+}
+
 fn containerd_version() -> String {
     let bin = podnet_tests::containerd::default_bin_dir().join("containerd");
     std::process::Command::new(bin)
@@ -270,7 +279,7 @@ fn run(n: usize, pods: usize, warmup: usize, out: &Path) -> Res<()> {
         let order: [&str; 2] = if round % 2 == 0 { [HANDLER_PODNET, HANDLER_RUNC] } else { [HANDLER_RUNC, HANDLER_PODNET] };
         for h in order {
             let t = lifecycle(&node, h, &format!("b{round}-{h}"), &mut progress)
-                .map_err(|e| format!("{e}\ncontainerd's log:\n{}", node.c().log_tail(30)))?;
+                .map_err(|e| with_log(&node, e))?;
             if round >= warmup {
                 for (i, ms) in t.iter().enumerate() {
                     samples.get_mut(h).unwrap()[i].push(*ms);
@@ -285,7 +294,7 @@ fn run(n: usize, pods: usize, warmup: usize, out: &Path) -> Res<()> {
     let mut mem = BTreeMap::new();
     for h in [HANDLER_PODNET, HANDLER_RUNC] {
         let m = memory(&node, h, pods, &mut progress)
-            .map_err(|e| format!("{e}\ncontainerd's log:\n{}", node.c().log_tail(30)))?;
+            .map_err(|e| with_log(&node, e))?;
         mem.insert(h, m);
     }
     let mem_s = mem_start.elapsed().as_secs_f64();
@@ -395,7 +404,7 @@ fn run(n: usize, pods: usize, warmup: usize, out: &Path) -> Res<()> {
     let total_s = started.elapsed().as_secs_f64();
     println!();
     println!(
-        "machine: {} CPUs, kernel {}, containerd {}; took {:.0} s (node setup {:.0} s, lifecycle {:.0} s, memory {:.0} s)",
+        "machine: {} CPUs, kernel {}, containerd {}; took {:.0} s (node setup {:.1} s, lifecycle {:.0} s, memory {:.0} s)",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         kernel(),
         containerd_version(),
@@ -428,8 +437,21 @@ fn run(n: usize, pods: usize, warmup: usize, out: &Path) -> Res<()> {
     }
     fs::write(out, serde_json::to_vec_pretty(&result).unwrap()).map_err(|e| format!("writing {}: {e}", out.display()))?;
     eprintln!("cri-bench: results in {}; checking that nothing is left...", out.display());
-    // Every pod is gone already: this asserts it (and no leak), stops containerd and cleans up.
-    node.finish();
+    // For a breakdown of the calls: containerd's debug log (shims' log lines included).
+    if let Some(p) = std::env::var_os("CRI_BENCH_LOG") {
+        let _ = fs::write(&p, node.c().log());
+    }
+    // Every pod is gone already: assert that this node left nothing (pods, containers, shims,
+    // veths, IP reservations, rules, netns, mounts, cgroups). Not `finish`'s machine-wide leak
+    // check: other tests' nodes may come and go on the machine meanwhile. Dropping the node
+    // then stops containerd and deletes the node namespace.
+    let errors = node.remove_all_pods();
+    if !errors.is_empty() {
+        return Err(format!("removing the pods: {errors:?}"));
+    }
+    node.assert_clean();
+    drop(node);
+    eprintln!("cri-bench: clean");
     Ok(())
 }
 
