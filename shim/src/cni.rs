@@ -191,6 +191,10 @@ pub fn invoke(inv: &Invocation) -> Outcome {
     };
     let (Some(h), Some(conf)) = (handoff, conf.as_ref()) else { return inv.run_here() };
     let (id, _) = inv.attachment();
+    if id.is_empty() {
+        // No pod to hand it to: the engine reports the missing CNI_CONTAINERID (code 4).
+        return inv.run_here();
+    }
     match inv.command() {
         "ADD" => match h.call(&id, inv, true) {
             Ok(o) => o,
@@ -298,6 +302,19 @@ mod tests {
         let v: Value = serde_json::from_str(&o.stdout).unwrap();
         assert_eq!(v["code"], 7);
         assert_eq!(v["cniVersion"], "1.0.0");
+    }
+
+    #[test]
+    fn no_container_id_is_the_engines_error_not_a_spawn() {
+        let inv = Invocation {
+            env: [("CNI_COMMAND".to_string(), "ADD".to_string()), ("CNI_IFNAME".to_string(), "eth0".to_string())].into(),
+            stdin: json!({"cniVersion": "1.1.0", "name": "n", "type": "podnet", "containerd": {"address": "/nonexistent/c.sock", "namespace": "k8s.io"}})
+                .to_string(),
+        };
+        let o = invoke(&inv);
+        let v: Value = serde_json::from_str(&o.stdout).unwrap();
+        assert_eq!((o.exit_code, v["code"].as_u64()), (1, Some(4)), "{}", o.stdout);
+        assert!(o.stdout.contains("CNI_CONTAINERID"), "{}", o.stdout);
     }
 
     #[test]
