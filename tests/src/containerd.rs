@@ -959,7 +959,8 @@ pub fn busybox_archive() -> &'static Path {
     ARCHIVE.get_or_init(build_archive)
 }
 
-fn oci_arch() -> &'static str {
+/// This machine's architecture as OCI names it.
+pub fn oci_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -50,7 +50,7 @@ use sha2::{Digest, Sha256};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::containerd::{
-    alive, busybox_archive, busybox_image, containerd_major, default_bin_dir, layer_tar,
+    alive, busybox_archive, busybox_image, containerd_major, default_bin_dir, layer_tar, oci_arch,
     mounts_under, output_with_timeout, processes_with_args, Containerd, ContainerdOptions,
     BUSYBOX_REF, DEFAULT_DISABLED_PLUGINS, DEFAULT_DISABLED_PLUGINS_1_7,
 };
@@ -1223,16 +1223,6 @@ fn walk_cgroup_ids(dir: &Path, ids: &[String], out: &mut Vec<PathBuf>, depth: us
 
 // ---------------------------------------------------------------------------------------------
 // The pause image.
-
-fn oci_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
 
 /// The pause image ([`PAUSE_IMAGE`]) as an OCI image layout tar: one layer holding podnet's
 /// static pause binary at `/pause`, entrypoint `["/pause"]`, user 65535, the default PATH. Built once per
