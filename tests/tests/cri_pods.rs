@@ -230,13 +230,25 @@ fn a_killed_shim_still_lets_the_pod_go() {
     // SAFETY: kill(2) of the shim process this test's containerd runs.
     assert_eq!(unsafe { libc::kill(shims[0], libc::SIGKILL) }, 0);
     assert!(retry(250, Duration::from_millis(20), || !podnet_tests::containerd::alive(shims[0])), "the shim survived SIGKILL");
-    // At once, as kubelet would on a pod whose containers died.
-    n.client().stop_pod_sandbox(&pod).unwrap_or_else(|e| panic!("StopPodSandbox after the shim died: {e}\n{}", n.c().log_tail(60)));
-    // CRI marks the container exited once containerd's dead-shim cleanup is through (its exit
-    // event handler retries with a backoff until the task is gone); kubelet retries the same way.
+    // As kubelet does: StopPodSandbox at once, and every call retried until it succeeds.
+    // While containerd's dead-shim cleanup runs, CRI answers "container is still running" or
+    // "ttrpc: closed" for a moment (its exit-event handler retries with a backoff until the
+    // tasks are gone); the calls must then succeed and release everything.
+    let until_ok = |what: &str, f: &dyn Fn() -> Result<(), String>| {
+        let mut last = String::new();
+        let ok = retry(200, Duration::from_millis(100), || match f() {
+            Ok(()) => true,
+            Err(e) => {
+                last = e;
+                false
+            }
+        });
+        assert!(ok, "{what} after the shim died never succeeded: {last}\n{}", n.c().log_tail(60));
+    };
+    until_ok("StopPodSandbox", &|| n.client().stop_pod_sandbox(&pod).map_err(|e| e.to_string()));
     let st = wait_container_state(n.client(), &ctr, cri::ContainerState::ContainerExited, Duration::from_secs(20)).expect("status");
     assert_eq!(st.state, cri::ContainerState::ContainerExited as i32, "the container of the killed shim: {st:?}");
-    n.client().remove_pod_sandbox(&pod).unwrap_or_else(|e| panic!("RemovePodSandbox after the shim died: {e}\n{}", n.c().log_tail(60)));
+    until_ok("RemovePodSandbox", &|| n.client().remove_pod_sandbox(&pod).map_err(|e| e.to_string()));
     assert!(n.podnet_reservations().is_empty(), "the IP is released: {:?}", n.podnet_reservations());
     n.finish();
 }
