@@ -102,11 +102,6 @@ pub fn run_deferred() -> Vec<String> {
     failed
 }
 
-/// Whether DELs are waiting for [`run_deferred`].
-pub fn has_deferred() -> bool {
-    DEFERRED.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|l| !l.is_empty())
-}
-
 impl BridgePlugin {
     pub fn from_input(input: &PluginInput) -> Result<Self> {
         let conf = BridgeConfig::from_raw(&input.raw)?;

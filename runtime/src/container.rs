@@ -110,7 +110,6 @@ struct Flags {
     deleted: bool,
 }
 
-/// Why a container is being created: the build differs only in what runs.
 /// libcontainer's default workload, except that a program given by absolute path needs no PATH
 /// in the environment (runc's rule: the pause image's `/pause` runs with an empty env).
 #[derive(Clone)]
@@ -142,6 +141,7 @@ impl libcontainer::workload::Executor for SpecExecutor {
     }
 }
 
+/// Why a container is being created: the build differs only in what runs.
 pub(crate) enum Workload {
     Spec,
     Pause(crate::sandbox::PauseExecutor),
@@ -163,8 +163,7 @@ impl Runtime {
         }
         let prepared = spec::prepare(oci, bundle, &file, &format!("/podnet/{id}"))?;
         if opts.embedded_pause {
-            let pause = std::fs::File::open(self.pause_binary()?).map_err(|e| Error::io("opening the pause binary", e))?;
-            let exec = crate::sandbox::PauseExecutor::new(std::os::fd::AsRawFd::as_raw_fd(&pause));
+            let (pause, exec) = self.pause_executor()?;
             let c = self.build(id, prepared, opts.stdio, Workload::Pause(exec), None);
             drop(pause);
             return c;

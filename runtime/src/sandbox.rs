@@ -179,12 +179,6 @@ pub(crate) struct PauseExecutor {
     fd: RawFd,
 }
 
-impl PauseExecutor {
-    /// `fd`: the pause binary, open until the container is built.
-    pub(crate) fn new(fd: RawFd) -> PauseExecutor {
-        PauseExecutor { fd }
-    }
-}
 
 impl Executor for PauseExecutor {
     fn exec(&self, _spec: &Spec) -> std::result::Result<(), ExecutorError> {
@@ -207,14 +201,12 @@ impl Runtime {
     pub fn create_sandbox(&self, id: &str, cfg: &SandboxConfig) -> Result<Container> {
         validate_id(id)?;
         let root = self.pause_root()?;
-        let pause = File::open(self.pause_binary()?)
-            .map_err(|e| Error::io("opening the pause binary", e))?;
+        let (pause, exec) = self.pause_executor()?;
         let json = cfg.spec_json(id, &root);
         let file = self.root.join(id).join("config.json");
         let oci: Spec = serde_json::from_value(json)
             .map_err(|e| Error::spec(&file, "sandbox", format!("building the pause spec: {e}")))?;
         let prepared = spec::prepare(oci, &root, &file, &format!("/podnet/{id}"))?;
-        let exec = PauseExecutor { fd: pause.as_raw_fd() };
         let c = self.build(id, prepared, StdioConfig::null(), Workload::Pause(exec), Some(cfg.shared_kinds()));
         drop(pause);
         c
@@ -232,6 +224,14 @@ impl Runtime {
             }
         }
         Ok(root)
+    }
+
+    /// The pause binary opened, and the workload that execs it: keep the file open until the
+    /// container is built.
+    pub(crate) fn pause_executor(&self) -> Result<(File, PauseExecutor)> {
+        let pause = File::open(self.pause_binary()?).map_err(|e| Error::io("opening the pause binary", e))?;
+        let exec = PauseExecutor { fd: pause.as_raw_fd() };
+        Ok((pause, exec))
     }
 
     /// Writes the embedded pause binary to `<root>/.podnet-pause` once (atomically, replacing

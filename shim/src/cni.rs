@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cni_bridge::attachment::AttachmentStore;
-use cni_bridge::config::LATEST_VERSION;
+use cni_bridge::config::{PluginInput, LATEST_VERSION};
 use cni_bridge::error::codes;
 use cni_bridge::CniError;
 use serde::{Deserialize, Serialize};
@@ -140,8 +140,8 @@ impl Handoff {
     }
 }
 
-/// The shim side: runs a handed-off invocation with the engine. Returns the outcome and, for
-/// a successful ADD or DEL, the attachment gained or released.
+/// The shim side: runs a handed-off invocation with the engine; returns it (for the attachment
+/// it names) with its outcome.
 pub fn serve(method: &str, payload: &[u8]) -> Result<(Invocation, Outcome), RpcError> {
     let inv: Invocation =
         serde_json::from_slice(payload).map_err(|e| RpcError::invalid(format!("{SERVICE}/{method}: malformed request: {e}")))?;
@@ -189,7 +189,7 @@ pub fn invoke(inv: &Invocation) -> Outcome {
         Ok(h) => h.flatten(),
         Err(e) => return Outcome::error(&version, &e),
     };
-    let (Some(h), Some(conf)) = (handoff, conf.as_ref()) else { return inv.run_here() };
+    let Some(h) = handoff else { return inv.run_here() };
     let (id, _) = inv.attachment();
     if id.is_empty() {
         // No pod to hand it to: the engine reports the missing CNI_CONTAINERID (code 4).
@@ -214,31 +214,19 @@ pub fn invoke(inv: &Invocation) -> Outcome {
                 inv.run_here()
             }
         },
-        "GC" => gc(&h, conf, inv),
+        "GC" => gc(&h, inv),
         _ => inv.run_here(),
     }
 }
 
 /// GC: stale attachments whose shims are alive are deleted by those shims (which then exit
-/// when they hold nothing else), then the engine collects what is left.
-fn gc(h: &Handoff, conf: &Value, inv: &Invocation) -> Outcome {
-    let valid: Vec<(String, String)> = conf
-        .get("cni.dev/valid-attachments")
-        .or_else(|| conf.get("cni.dev/attachments"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|v| {
-                    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                    (s("containerID"), s("ifname"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let name = conf.get("name").and_then(Value::as_str).unwrap_or("");
-    let state_dir = conf.get("stateDir").and_then(Value::as_str).map(Path::new);
-    let store = AttachmentStore::new(state_dir, name);
-    if let Ok(records) = store.list() {
+/// when they hold nothing else), then the engine collects what is left (and reports a bad
+/// config).
+fn gc(h: &Handoff, inv: &Invocation) -> Outcome {
+    if let Ok(input) = PluginInput::parse(inv.stdin.as_bytes()) {
+        let valid = input.valid_attachments.unwrap_or_default();
+        let state_dir = input.raw.get("stateDir").and_then(Value::as_str).map(Path::new);
+        let records = AttachmentStore::new(state_dir, &input.name).list().unwrap_or_default();
         for (cid, ifname, _) in records {
             if valid.iter().any(|(c, i)| *c == cid && *i == ifname) || !h.socket(&cid).exists() {
                 continue;
@@ -249,10 +237,9 @@ fn gc(h: &Handoff, conf: &Value, inv: &Invocation) -> Outcome {
             env.insert("CNI_IFNAME".into(), ifname.clone());
             env.insert("CNI_NETNS".into(), String::new());
             let del = Invocation { env, stdin: inv.stdin.clone() };
-            match h.call(&cid, &del, false) {
-                Ok(o) if o.exit_code == 0 => tracing::info!(container = %cid, "GC: the pod's shim released a stale attachment"),
-                // Not reachable or failed: the engine's GC below removes it.
-                _ => {}
+            // Not reachable or failed: the engine's GC below removes it.
+            if h.call(&cid, &del, false).is_ok_and(|o| o.exit_code == 0) {
+                tracing::info!(container = %cid, "GC: the pod's shim released a stale attachment");
             }
         }
     }
