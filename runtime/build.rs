@@ -18,7 +18,9 @@ fn main() {
         .status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => panic!("building pause/pause.c with {cc} -static failed ({s}); the static C library (libc6-dev) is needed"),
+        Ok(s) => {
+            panic!("building pause/pause.c with {cc} -static failed ({s}); the static C library (libc6-dev) is needed")
+        }
         Err(e) => panic!("cannot run the C compiler {cc:?} to build pause/pause.c: {e}"),
     }
 }

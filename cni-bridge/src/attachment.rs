@@ -43,7 +43,8 @@ impl AttachmentStore {
     pub fn new(state_dir: Option<&Path>, network: &str) -> Self {
         let base = state_dir.unwrap_or(Path::new(DEFAULT_STATE_DIR));
         // Network names are free text; keep the directory name safe and unique.
-        let safe: String = network.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        let safe: String =
+            network.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
         let dir_name = if safe == network && network != "." && network != ".." {
             safe
         } else {

@@ -105,7 +105,9 @@ pub fn run_deferred() -> Vec<String> {
 impl BridgePlugin {
     pub fn from_input(input: &PluginInput) -> Result<Self> {
         let conf = BridgeConfig::from_raw(&input.raw)?;
-        let ipam_v = conf.ipam.as_ref().ok_or_else(|| CniError::invalid_config("ipam", "missing: the bridge plugin needs a host-local ipam section"))?;
+        let ipam_v = conf.ipam.as_ref().ok_or_else(|| {
+            CniError::invalid_config("ipam", "missing: the bridge plugin needs a host-local ipam section")
+        })?;
         let ip_ranges = input.runtime_config.raw.get("ipRanges");
         let ipam = IpamConfig::from_json_with_ip_ranges(ipam_v, ip_ranges)?;
         if conf.hairpin_mode && conf.promisc_mode {
@@ -128,7 +130,10 @@ impl BridgePlugin {
         if self.conf.disable_container_interface {
             // As the reference: a container interface left down cannot carry IPAM's addresses,
             // and podnet's bridge always has IPAM.
-            return Err(CniError::invalid_config("disableContainerInterface", "cannot use IPAM when disableContainerInterface is set"));
+            return Err(CniError::invalid_config(
+                "disableContainerInterface",
+                "cannot use IPAM when disableContainerInterface is set",
+            ));
         }
         let netns_path = req.netns.ok_or_else(|| CniError::invalid_env("CNI_NETNS", "required for ADD"))?;
         let pod = NetNs::open(netns_path).map_err(|e| CniError::io("open the pod network namespace", e))?;
@@ -143,7 +148,9 @@ impl BridgePlugin {
             (None, None, None) => None,
         };
         let pod_mac = match mac_src {
-            Some((s, field)) => parse_mac(s).ok_or_else(|| CniError::invalid_config(field, format!("{s:?} is not a MAC address")))?,
+            Some((s, field)) => {
+                parse_mac(s).ok_or_else(|| CniError::invalid_config(field, format!("{s:?} is not a MAC address")))?
+            }
             None => id.pod_mac(),
         };
 
@@ -163,7 +170,19 @@ impl BridgePlugin {
         // runtime's valid list yet): ADDs share this lock, GC takes it exclusively.
         let _gc_guard = self.store().lock(false)?;
         let mut undo = Undo { id: &id, plugin: self, ipam: false, veth: false, fw: false };
-        let r = self.add_steps(input, req, &mut host, &mut podnl, &pod, &br, &id, pod_mac, &requested, with_port_maps, &mut undo);
+        let r = self.add_steps(
+            input,
+            req,
+            &mut host,
+            &mut podnl,
+            &pod,
+            &br,
+            &id,
+            pod_mac,
+            &requested,
+            with_port_maps,
+            &mut undo,
+        );
         match r {
             Ok(res) => Ok(res),
             Err(e) => {
@@ -215,7 +234,10 @@ impl BridgePlugin {
             if e.is(libc::EEXIST) {
                 CniError::new(
                     codes::INTERNAL,
-                    format!("cannot create veth {host_veth} with peer {:?} in the pod: one of them already exists", req.ifname),
+                    format!(
+                        "cannot create veth {host_veth} with peer {:?} in the pod: one of them already exists",
+                        req.ifname
+                    ),
                 )
             } else {
                 nl_err(&format!("create veth {host_veth} with peer {} in the pod", req.ifname), e)
@@ -259,7 +281,9 @@ impl BridgePlugin {
             ips.push(IpConfig { address: a.address, gateway: a.gateway, interface: Some(2) });
         }
         if allocated.iter().any(|a| a.address.addr().is_ipv4()) {
-            podnl.set_arp_notify(pod_index).map_err(|e| nl_err(&format!("set arp_notify on {} in the pod", req.ifname), e))?;
+            podnl
+                .set_arp_notify(pod_index)
+                .map_err(|e| nl_err(&format!("set arp_notify on {} in the pod", req.ifname), e))?;
         }
         podnl.set_up(pod_index).map_err(|e| nl_err(&format!("set {} up in the pod", req.ifname), e))?;
         if let Some(mut dad) = dad {
@@ -270,16 +294,28 @@ impl BridgePlugin {
         if c.is_default_gateway {
             for a in &allocated {
                 let Some(gw) = a.gateway else { continue };
-                let dst: IpNet = if gw.is_ipv4() { "0.0.0.0/0".parse() } else { "::/0".parse() }.map_err(|e| CniError::internal("default route", e))?;
+                let dst: IpNet = if gw.is_ipv4() { "0.0.0.0/0".parse() } else { "::/0".parse() }
+                    .map_err(|e| CniError::internal("default route", e))?;
                 if !routes.iter().any(|r| r.dst == dst) {
                     routes.push(route(dst, Some(gw)));
                 }
             }
         }
         for r in &routes {
-            let gw = r.gw.or_else(|| allocated.iter().find(|a| a.address.addr().is_ipv4() == r.dst.addr().is_ipv4()).and_then(|a| a.gateway));
+            let gw = r.gw.or_else(|| {
+                allocated.iter().find(|a| a.address.addr().is_ipv4() == r.dst.addr().is_ipv4()).and_then(|a| a.gateway)
+            });
             podnl
-                .add_route(&RouteSpec { dst: r.dst, gw, oif: pod_index, mtu: r.mtu, advmss: r.advmss, priority: r.priority, table: r.table, scope: r.scope.map(|s| s as u8) })
+                .add_route(&RouteSpec {
+                    dst: r.dst,
+                    gw,
+                    oif: pod_index,
+                    mtu: r.mtu,
+                    advmss: r.advmss,
+                    priority: r.priority,
+                    table: r.table,
+                    scope: r.scope.map(|s| s as u8),
+                })
                 .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
                 .map_err(|e| nl_err(&format!("add route {} in the pod", r.dst), e))?;
         }
@@ -289,7 +325,8 @@ impl BridgePlugin {
             let gw_link = self.gateway_link(host, br)?;
             for a in &allocated {
                 if let Some(gw) = a.gateway {
-                    let gw_net = IpNet::new(gw, a.address.prefix_len()).map_err(|e| CniError::internal("gateway address", e))?;
+                    let gw_net =
+                        IpNet::new(gw, a.address.prefix_len()).map_err(|e| CniError::internal("gateway address", e))?;
                     ensure_addr(host, &gw_link, gw_net, c.force_address)?;
                 }
             }
@@ -331,7 +368,12 @@ impl BridgePlugin {
             interfaces: vec![
                 Interface { name: br.name.clone(), mac: format_mac(&br.mac), ..Default::default() },
                 Interface { name: host_veth.clone(), mac: format_mac(&host_mac), ..Default::default() },
-                Interface { name: req.ifname.to_owned(), mac: format_mac(&pod_mac), sandbox: Some(netns.clone()), ..Default::default() },
+                Interface {
+                    name: req.ifname.to_owned(),
+                    mac: format_mac(&pod_mac),
+                    sandbox: Some(netns.clone()),
+                    ..Default::default()
+                },
             ],
             ips,
             routes,
@@ -365,7 +407,8 @@ impl BridgePlugin {
                     host.set_up(l.index).map_err(|e| nl_err(&format!("set bridge {name} up"), e))?;
                 }
                 if c.promisc_mode && !l.is_promisc() {
-                    host.set_promisc(l.index, true).map_err(|e| nl_err(&format!("set bridge {name} promiscuous"), e))?;
+                    host.set_promisc(l.index, true)
+                        .map_err(|e| nl_err(&format!("set bridge {name} promiscuous"), e))?;
                 }
                 l
             }
@@ -457,11 +500,13 @@ impl BridgePlugin {
     /// CHECK: the pod interface carries the result's addresses and routes, the host veth is on
     /// the bridge, IPAM holds the addresses, and the firewall rules are in place.
     pub fn check(&self, input: &PluginInput, req: &Request<'_>) -> Result<()> {
-        let prev = input.prev_result.as_ref().ok_or_else(|| CniError::invalid_config("prevResult", "required for CHECK"))?;
+        let prev =
+            input.prev_result.as_ref().ok_or_else(|| CniError::invalid_config("prevResult", "required for CHECK"))?;
         let netns_path = req.netns.ok_or_else(|| CniError::invalid_env("CNI_NETNS", "required for CHECK"))?;
         let pod = NetNs::open(netns_path).map_err(|e| CniError::io("open the pod network namespace", e))?;
         let id = AttachmentId::new(&self.network, req.container_id, req.ifname);
-        let fail = |m: String| CniError::new(codes::INTERNAL, format!("CHECK {}/{}: {m}", req.container_id, req.ifname));
+        let fail =
+            |m: String| CniError::new(codes::INTERNAL, format!("CHECK {}/{}: {m}", req.container_id, req.ifname));
         let ifname = req.ifname.to_owned();
         let (link, addrs) = pod
             .run(move || -> std::result::Result<_, crate::netlink::NlError> {
@@ -476,7 +521,9 @@ impl BridgePlugin {
             .map_err(|e| CniError::io("enter the pod network namespace", e))?
             .map_err(|e| nl_err("read the pod interface", e))?;
         let link = link.ok_or_else(|| fail(format!("interface {} is missing from the pod", req.ifname)))?;
-        for ip in prev.ips.iter().filter(|i| i.interface.map(|n| prev.interfaces.get(n).is_some_and(|x| x.sandbox.is_some())).unwrap_or(true)) {
+        for ip in prev.ips.iter().filter(|i| {
+            i.interface.map(|n| prev.interfaces.get(n).is_some_and(|x| x.sandbox.is_some())).unwrap_or(true)
+        }) {
             if !addrs.iter().any(|a| a.addr == ip.address) {
                 return Err(fail(format!("address {} is missing from {}", ip.address, req.ifname)));
             }
@@ -525,7 +572,11 @@ impl BridgePlugin {
         let want = Firewall::plan_rule_count(&plan);
         let have = if want > 0 { Firewall::new()?.count(&id.tag())? } else { 0 };
         if have < want {
-            return Err(fail(format!("{} rules are missing: {have} of {want} present with tag {}", kinds.join("/"), id.tag())));
+            return Err(fail(format!(
+                "{} rules are missing: {have} of {want} present with tag {}",
+                kinds.join("/"),
+                id.tag()
+            )));
         }
         Ok(())
     }
@@ -566,7 +617,8 @@ impl BridgePlugin {
             })
             .map(drop)
         }));
-        let valid_veths: Vec<String> = valid.iter().map(|(c, i)| AttachmentId::new(&self.network, c, i).host_veth()).collect();
+        let valid_veths: Vec<String> =
+            valid.iter().map(|(c, i)| AttachmentId::new(&self.network, c, i).host_veth()).collect();
         match Rtnl::new().and_then(|mut host| host.links().map(|l| (host, l))) {
             Ok((mut host, links)) => {
                 // Only veths stamped with this network's tag prefix: another network may
@@ -611,7 +663,8 @@ fn vlan_err(link: &str, vid: u16, e: crate::netlink::NlError) -> CniError {
 /// with `forceAddress` (IPv4 bridges carry one gateway; IPv6 ones one per subnet).
 fn ensure_addr(host: &mut Rtnl, link: &Link, addr: IpNet, force: bool) -> Result<()> {
     let fam = if addr.addr().is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
-    let existing = host.addrs(link.index, Some(fam)).map_err(|e| nl_err(&format!("list addresses of {}", link.name), e))?;
+    let existing =
+        host.addrs(link.index, Some(fam)).map_err(|e| nl_err(&format!("list addresses of {}", link.name), e))?;
     for a in existing {
         if a.addr == addr {
             return Ok(());
@@ -640,15 +693,22 @@ fn requested_ips(input: &PluginInput, req: &Request<'_>) -> Result<Vec<IpAddr>> 
     if let Some(s) = req.arg("IP") {
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let ip = part.split('/').next().unwrap_or(part);
-            out.push(ip.parse().map_err(|_| CniError::invalid_env("CNI_ARGS", format!("IP={part:?} is not an IP address")))?);
+            out.push(
+                ip.parse()
+                    .map_err(|_| CniError::invalid_env("CNI_ARGS", format!("IP={part:?} is not an IP address")))?,
+            );
         }
     }
     if let Some(ips) = input.raw.get("args").and_then(|a| a.get("cni")).and_then(|c| c.get("ips")) {
         let arr = ips.as_array().ok_or_else(|| CniError::invalid_config("args.cni.ips", "must be a list"))?;
         for (i, v) in arr.iter().enumerate() {
-            let s = v.as_str().ok_or_else(|| CniError::invalid_config(&format!("args.cni.ips[{i}]"), "must be a string"))?;
+            let s = v
+                .as_str()
+                .ok_or_else(|| CniError::invalid_config(&format!("args.cni.ips[{i}]"), "must be a string"))?;
             let ip = s.split('/').next().unwrap_or(s);
-            out.push(ip.parse().map_err(|_| CniError::invalid_config(&format!("args.cni.ips[{i}]"), format!("{s:?} is not an IP address")))?);
+            out.push(ip.parse().map_err(|_| {
+                CniError::invalid_config(&format!("args.cni.ips[{i}]"), format!("{s:?} is not an IP address"))
+            })?);
         }
     }
     out.extend(input.runtime_config.ips.iter().copied());
@@ -672,7 +732,9 @@ impl Undo<'_> {
             errs.push(Firewall::new().and_then(|mut fw| fw.remove(&self.id.tag()).map(drop)));
         }
         if self.veth {
-            errs.push(host.delete_link_by_name(&self.id.host_veth()).map(drop).map_err(|e| nl_err("delete the host veth", e)));
+            errs.push(
+                host.delete_link_by_name(&self.id.host_veth()).map(drop).map_err(|e| nl_err("delete the host veth", e)),
+            );
         }
         if self.ipam {
             errs.push(self.plugin.host_local().and_then(|h| h.release(&self.id.container_id, &self.id.ifname)));

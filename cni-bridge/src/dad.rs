@@ -38,12 +38,16 @@ impl DadWatch {
         loop {
             // Read the current state after each batch of events: notifications only say
             // that something changed.
-            let addrs = self.nl.addrs(index, Some(libc::AF_INET6 as u8)).map_err(|e| nl_err("list pod addresses", e))?;
+            let addrs =
+                self.nl.addrs(index, Some(libc::AF_INET6 as u8)).map_err(|e| nl_err("list pod addresses", e))?;
             let mut pending = false;
             for ip in ips {
                 match addrs.iter().find(|a| a.addr.addr() == *ip) {
                     Some(a) if a.flags & IFA_F_DADFAILED != 0 => {
-                        return Err(CniError::new(codes::INTERNAL, format!("duplicate address detection failed for {ip}")))
+                        return Err(CniError::new(
+                            codes::INTERNAL,
+                            format!("duplicate address detection failed for {ip}"),
+                        ))
                     }
                     Some(a) if a.flags & IFA_F_TENTATIVE != 0 => pending = true,
                     Some(_) => {}
@@ -55,7 +59,10 @@ impl DadWatch {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(CniError::new(codes::TRY_AGAIN, format!("duplicate address detection did not finish within {DAD_TIMEOUT:?}")));
+                return Err(CniError::new(
+                    codes::TRY_AGAIN,
+                    format!("duplicate address detection did not finish within {DAD_TIMEOUT:?}"),
+                ));
             }
             self.nl.wait_event(left).map_err(|e| nl_err("wait for address events", e))?;
         }

@@ -112,7 +112,13 @@ fn valid_attachments(input: &PluginInput) -> Result<Vec<(String, String)>> {
         .ok_or_else(|| CniError::invalid_config("cni.dev/valid-attachments", "required for GC"))
 }
 
-fn plugin_input(net: &NetworkConfig, i: usize, prev: Option<&Value>, rc: &Map<String, Value>, extra: &[(&str, Value)]) -> Result<PluginInput> {
+fn plugin_input(
+    net: &NetworkConfig,
+    i: usize,
+    prev: Option<&Value>,
+    rc: &Map<String, Value>,
+    extra: &[(&str, Value)],
+) -> Result<PluginInput> {
     let mut stdin = net.plugins[i].stdin_for(net, prev, rc);
     for (k, v) in extra {
         stdin[*k] = v.clone();
@@ -154,22 +160,40 @@ pub fn add_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<
     CniResult::from_json(&prev)
 }
 
-fn del_plugins(net: &NetworkConfig, req: &Request<'_>, rc: &Map<String, Value>, prev: Option<&Value>, upto: usize) -> Result<()> {
+fn del_plugins(
+    net: &NetworkConfig,
+    req: &Request<'_>,
+    rc: &Map<String, Value>,
+    prev: Option<&Value>,
+    upto: usize,
+) -> Result<()> {
     let mut errs = ErrorList::default();
     for i in (0..upto).rev() {
-        errs.push(plugin_input(net, i, prev, rc, &[]).and_then(|input| run_plugin(Command::Del, &input, req).map(drop)));
+        errs.push(
+            plugin_input(net, i, prev, rc, &[]).and_then(|input| run_plugin(Command::Del, &input, req).map(drop)),
+        );
     }
     errs.into_result(&format!("DEL of network {}", net.name))
 }
 
 /// DEL of a whole network configuration, in reverse order; every plugin runs even if one fails.
-pub fn del_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<String, Value>, prev: Option<&CniResult>) -> Result<()> {
+pub fn del_network(
+    net: &NetworkConfig,
+    req: &Request<'_>,
+    runtime_config: &Map<String, Value>,
+    prev: Option<&CniResult>,
+) -> Result<()> {
     let prev = prev.map(|p| p.to_json(&net.cni_version)).transpose()?;
     del_plugins(net, req, runtime_config, prev.as_ref(), net.plugins.len())
 }
 
 /// CHECK of a whole network configuration against the result of its ADD.
-pub fn check_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<String, Value>, prev: &CniResult) -> Result<()> {
+pub fn check_network(
+    net: &NetworkConfig,
+    req: &Request<'_>,
+    runtime_config: &Map<String, Value>,
+    prev: &CniResult,
+) -> Result<()> {
     if net.disable_check {
         return Ok(());
     }

@@ -106,7 +106,12 @@ impl ErrorList {
     pub fn into_result(self, what: &str) -> Result<()> {
         match self.0.len() {
             0 => Ok(()),
-            1 => Err(self.0.into_iter().next().map(|e| e.context(what)).unwrap_or_else(|| CniError::new(codes::INTERNAL, what))),
+            1 => Err(self
+                .0
+                .into_iter()
+                .next()
+                .map(|e| e.context(what))
+                .unwrap_or_else(|| CniError::new(codes::INTERNAL, what))),
             n => {
                 let code = self.0[0].code;
                 let msgs: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();

@@ -4,10 +4,10 @@
 pub mod args;
 pub mod config;
 pub mod error;
-pub mod result;
 pub mod ipam;
 pub mod netlink;
 pub mod nft;
+pub mod result;
 pub mod rtnl;
 
 pub use error::{CniError, ErrorList, Result};
@@ -17,6 +17,6 @@ mod dad;
 pub mod engine;
 pub mod loopback;
 pub mod names;
+pub mod plugin;
 pub mod portmap;
 pub mod sysctl;
-pub mod plugin;

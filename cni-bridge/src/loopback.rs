@@ -29,7 +29,12 @@ pub fn add(input: &PluginInput, req: &Request<'_>) -> Result<CniResult> {
     }
     let sandbox = req.netns.map(|p| p.display().to_string());
     let mut res = CniResult::new(&input.cni_version);
-    res.interfaces.push(Interface { name: "lo".into(), mac: "00:00:00:00:00:00".into(), sandbox, ..Default::default() });
+    res.interfaces.push(Interface {
+        name: "lo".into(),
+        mac: "00:00:00:00:00:00".into(),
+        sandbox,
+        ..Default::default()
+    });
     for a in ["127.0.0.1/8", "::1/128"] {
         let address = a.parse().map_err(|e| CniError::internal("loopback address", e))?;
         res.ips.push(IpConfig { address, gateway: None, interface: Some(0) });
@@ -41,7 +46,9 @@ pub fn add(input: &PluginInput, req: &Request<'_>) -> Result<CniResult> {
 /// no longer a namespace) is fine.
 pub fn del(req: &Request<'_>) -> Result<()> {
     match req.netns.filter(|p| NetNs::open(p).is_ok()) {
-        Some(_) => with_lo(req, |nl, idx| nl.set_flags(idx, 0, libc::IFF_UP as u32).map_err(|e| nl_err("set lo down", e))),
+        Some(_) => {
+            with_lo(req, |nl, idx| nl.set_flags(idx, 0, libc::IFF_UP as u32).map_err(|e| nl_err("set lo down", e)))
+        }
         None => Ok(()),
     }
 }

@@ -66,7 +66,11 @@ fn invoke(stdin: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Option<s
         if !crate::config::version_at_least(&input.cni_version, min)? {
             return Err(CniError::new(
                 codes::INCOMPATIBLE_VERSION,
-                format!("{} needs cniVersion {min} or later, the config has {}", args.command.as_str(), input.cni_version),
+                format!(
+                    "{} needs cniVersion {min} or later, the config has {}",
+                    args.command.as_str(),
+                    input.cni_version
+                ),
             ));
         }
     }

@@ -48,7 +48,10 @@ pub fn check_options(raw: &serde_json::Map<String, serde_json::Value>) -> Result
         }
     }
     if raw.get("snat").is_some_and(|v| v == &serde_json::Value::Bool(false)) {
-        return Err(CniError::invalid_config("snat", "false is not supported: podnet always masquerades hairpin and localhost hostPort traffic"));
+        return Err(CniError::invalid_config(
+            "snat",
+            "false is not supported: podnet always masquerades hairpin and localhost hostPort traffic",
+        ));
     }
     Ok(())
 }
@@ -68,10 +71,12 @@ pub fn pod_ips(res: &CniResult) -> Vec<IpNet> {
 
 /// The chained `portmap` step: rules from runtimeConfig.portMappings and the previous result.
 pub fn add(input: &PluginInput, req: &Request<'_>) -> Result<CniResult> {
-    let prev = input
-        .prev_result
-        .clone()
-        .ok_or_else(|| CniError::invalid_config("prevResult", "portmap must be chained after a plugin that returns the pod's addresses"))?;
+    let prev = input.prev_result.clone().ok_or_else(|| {
+        CniError::invalid_config(
+            "prevResult",
+            "portmap must be chained after a plugin that returns the pod's addresses",
+        )
+    })?;
     check_options(&input.raw)?;
     let maps = &input.runtime_config.port_mappings;
     if maps.is_empty() {
@@ -96,7 +101,9 @@ fn enable_route_localnet(pod_ip: IpAddr) -> Result<()> {
     let Some(oif) = nl.route_oif(pod_ip).map_err(|e| nl_err(&format!("look up the route to {pod_ip}"), e))? else {
         return Ok(());
     };
-    let Some(link) = nl.link_by_index(oif).map_err(|e| nl_err("look up the link to the pod", e))? else { return Ok(()) };
+    let Some(link) = nl.link_by_index(oif).map_err(|e| nl_err("look up the link to the pod", e))? else {
+        return Ok(());
+    };
     sysctl::ensure_if("ipv4", &link.name, "route_localnet", "1")
 }
 
@@ -116,7 +123,10 @@ pub fn check(input: &PluginInput, req: &Request<'_>) -> Result<()> {
     let have = Firewall::new()?.count(&plan.tag)?;
     let want = Firewall::plan_rule_count(&plan);
     if have < want {
-        return Err(CniError::new(codes::INTERNAL, format!("CHECK {}/{}: {have} of {want} hostPort rules present", req.container_id, req.ifname)));
+        return Err(CniError::new(
+            codes::INTERNAL,
+            format!("CHECK {}/{}: {have} of {want} hostPort rules present", req.container_id, req.ifname),
+        ));
     }
     Ok(())
 }

@@ -79,11 +79,7 @@ impl NetNs {
         std::fs::create_dir_all(dir).map_err(|e| err("create", dir, e))?;
         make_shared_mount_point(dir).map_err(|e| err("create", dir, e))?;
         // The mount target; O_EXCL makes a name collision an error instead of a takeover.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| err("create", &path, e))?;
+        std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| err("create", &path, e))?;
         let target = path.clone();
         let bound = std::thread::Builder::new()
             .name("netns-create".into())
@@ -201,7 +197,7 @@ fn gettid() -> libc::pid_t {
 fn is_netns(file: &File) -> bool {
     const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
     const NS_GET_NSTYPE: libc::c_ulong = 0xb703; // _IO(0xb7, 0x3)
-    // SAFETY: fstatfs fills a plain struct; fd is valid.
+                                                 // SAFETY: fstatfs fills a plain struct; fd is valid.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 || st.f_type as libc::c_long != NSFS_MAGIC {
         return false;
@@ -217,7 +213,9 @@ fn make_shared_mount_point(dir: &Path) -> io::Result<()> {
     let c = cstr(dir)?;
     // Try to make it shared; EINVAL means it is not a mount point yet.
     // SAFETY: valid path; propagation change only.
-    let rc = unsafe { libc::mount(std::ptr::null(), c.as_ptr(), std::ptr::null(), libc::MS_SHARED | libc::MS_REC, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(std::ptr::null(), c.as_ptr(), std::ptr::null(), libc::MS_SHARED | libc::MS_REC, std::ptr::null())
+    };
     if rc == 0 {
         return Ok(());
     }
@@ -226,12 +224,16 @@ fn make_shared_mount_point(dir: &Path) -> io::Result<()> {
         return Err(e);
     }
     // SAFETY: bind the directory onto itself, then set propagation.
-    let rc = unsafe { libc::mount(c.as_ptr(), c.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(c.as_ptr(), c.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: as above.
-    let rc = unsafe { libc::mount(std::ptr::null(), c.as_ptr(), std::ptr::null(), libc::MS_SHARED | libc::MS_REC, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(std::ptr::null(), c.as_ptr(), std::ptr::null(), libc::MS_SHARED | libc::MS_REC, std::ptr::null())
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

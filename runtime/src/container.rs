@@ -116,7 +116,10 @@ struct Flags {
 pub(crate) struct SpecExecutor;
 
 impl libcontainer::workload::Executor for SpecExecutor {
-    fn exec(&self, spec: &libcontainer::oci_spec::runtime::Spec) -> std::result::Result<(), libcontainer::workload::ExecutorError> {
+    fn exec(
+        &self,
+        spec: &libcontainer::oci_spec::runtime::Spec,
+    ) -> std::result::Result<(), libcontainer::workload::ExecutorError> {
         libcontainer::workload::default::DefaultExecutor {}.exec(spec)
     }
 
@@ -233,9 +236,13 @@ impl Runtime {
             b.validate_id()?.as_init(dir).with_systemd(false).with_detach(true).build()
         })?;
         let Some(pid) = lc.pid() else {
-            return Err(Error::Container { context: format!("creating container {id:?}"), msg: "no init pid in its state".into() });
+            return Err(Error::Container {
+                context: format!("creating container {id:?}"),
+                msg: "no init pid in its state".into(),
+            });
         };
-        let init = Process::from_child(pid.as_raw()).map_err(|e| Error::io(format!("tracking the init of {id:?}"), e))?;
+        let init =
+            Process::from_child(pid.as_raw()).map_err(|e| Error::io(format!("tracking the init of {id:?}"), e))?;
         // A failure from here on leaves an init blocked before start: end it.
         let kill_init = |_: &Error| init.kill_and_reap();
         if let Some(score) = oom_score_adj {
@@ -366,9 +373,7 @@ impl Runtime {
 /// SIGKILLs every process in the cgroup `mgr` manages, frozen so that nothing forks meanwhile.
 /// Returns their pidfds, readable once each is gone.
 fn kill_cgroup(mgr: &AnyCgroupManager, id: &str) -> Result<Vec<std::os::fd::OwnedFd>> {
-    let list = || {
-        mgr.get_all_pids().map_err(|e| Error::container(format!("listing the processes of {id:?}"), &e))
-    };
+    let list = || mgr.get_all_pids().map_err(|e| Error::container(format!("listing the processes of {id:?}"), &e));
     if list()?.is_empty() {
         return Ok(Vec::new());
     }
@@ -397,9 +402,7 @@ fn cgroup_manager(id: &str, path: &Path) -> Result<AnyCgroupManager> {
 }
 
 fn remove_cgroup(id: &str, path: &Path) -> Result<()> {
-    cgroup_manager(id, path)?
-        .remove()
-        .map_err(|e| Error::container(format!("removing cgroup {}", path.display()), &e))
+    cgroup_manager(id, path)?.remove().map_err(|e| Error::container(format!("removing cgroup {}", path.display()), &e))
 }
 
 impl Container {
@@ -540,7 +543,13 @@ impl Container {
 
     /// Runs a process in the running container, with the given OCI process (args, env, cwd,
     /// user, terminal, capabilities...). It is started when this returns.
-    pub fn exec(&self, exec_id: &str, proc_spec: &OciProcess, stdio_cfg: StdioConfig, runtime: &Runtime) -> Result<Arc<ExecProcess>> {
+    pub fn exec(
+        &self,
+        exec_id: &str,
+        proc_spec: &OciProcess,
+        stdio_cfg: StdioConfig,
+        runtime: &Runtime,
+    ) -> Result<Arc<ExecProcess>> {
         validate_id(exec_id).map_err(|_| Error::InvalidId(exec_id.to_string()))?;
         if self.status() != Status::Running {
             return Err(self.state_error("exec"));
@@ -558,7 +567,14 @@ impl Container {
         Ok(exec)
     }
 
-    fn exec_in(&self, exec_id: &str, json: &Path, proc_spec: &OciProcess, stdio_cfg: StdioConfig, runtime: &Runtime) -> Result<ExecProcess> {
+    fn exec_in(
+        &self,
+        exec_id: &str,
+        json: &Path,
+        proc_spec: &OciProcess,
+        stdio_cfg: StdioConfig,
+        runtime: &Runtime,
+    ) -> Result<ExecProcess> {
         let terminal = proc_spec.terminal().unwrap_or(false);
         let stdio_cfg = StdioConfig { terminal, ..stdio_cfg };
         let mut pending = stdio::prepare(&stdio_cfg, &self.dir.join(format!("exec-{exec_id}.sock")))?;

@@ -39,7 +39,13 @@ impl Pod {
     }
 
     /// Creates an app container from `bundle` joined to the pod's namespaces (container mode).
-    pub fn create_container(&self, runtime: &Runtime, id: &str, bundle: &Path, stdio: StdioConfig) -> Result<Arc<Container>> {
+    pub fn create_container(
+        &self,
+        runtime: &Runtime,
+        id: &str,
+        bundle: &Path,
+        stdio: StdioConfig,
+    ) -> Result<Arc<Container>> {
         let opts = CreateOptions { stdio, sandbox: Some(self.handle()?), ..Default::default() };
         let c = Arc::new(runtime.create(id, bundle, opts)?);
         self.adopt(c.clone());
@@ -61,7 +67,12 @@ impl Pod {
         let c = {
             let mut m = self.members.lock().unwrap_or_else(|p| p.into_inner());
             let Some(i) = m.iter().position(|c| c.id() == id) else {
-                return Err(Error::State { what: "container", id: id.to_string(), op: "delete", state: "not in this pod" });
+                return Err(Error::State {
+                    what: "container",
+                    id: id.to_string(),
+                    op: "delete",
+                    state: "not in this pod",
+                });
             };
             m.remove(i)
         };

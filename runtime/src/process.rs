@@ -118,12 +118,7 @@ impl Process {
         }
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let r = unsafe {
-            libc::waitid(
-                P_PIDFD,
-                self.pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG,
-            )
+            libc::waitid(P_PIDFD, self.pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG)
         };
         if r < 0 {
             let e = io::Error::last_os_error();

@@ -179,7 +179,6 @@ pub(crate) struct PauseExecutor {
     fd: RawFd,
 }
 
-
 impl Executor for PauseExecutor {
     fn exec(&self, _spec: &Spec) -> std::result::Result<(), ExecutorError> {
         let argv = [c"/pause".as_ptr(), std::ptr::null()];
@@ -313,6 +312,16 @@ mod tests {
         let pause: Spec = serde_json::from_value(cfg.spec_json("x", Path::new("/r"))).unwrap();
         let ns = pause.linux().as_ref().unwrap().namespaces().clone().unwrap();
         assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Uts));
-        assert!(pause.process().as_ref().unwrap().capabilities().as_ref().unwrap().bounding().as_ref().unwrap().is_empty());
+        assert!(pause
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .is_empty());
     }
 }

@@ -113,12 +113,14 @@ pub fn prepare(mut spec: Spec, bundle: &Path, file: &Path, cgroup_default: &str)
         let mut seen = Vec::new();
         for (i, ns) in namespaces.iter().enumerate() {
             if seen.contains(&ns.typ()) {
-                return Err(bad(&format!("linux.namespaces[{i}]"), format!("{} namespace listed twice", ns_name(ns.typ()))));
+                return Err(bad(
+                    &format!("linux.namespaces[{i}]"),
+                    format!("{} namespace listed twice", ns_name(ns.typ())),
+                ));
             }
             seen.push(ns.typ());
             if let Some(path) = ns.path() {
-                check_namespace_path(path, ns.typ())
-                    .map_err(|msg| bad(&format!("linux.namespaces[{i}].path"), msg))?;
+                check_namespace_path(path, ns.typ()).map_err(|msg| bad(&format!("linux.namespaces[{i}].path"), msg))?;
             }
         }
     }
@@ -194,7 +196,8 @@ fn v1_hierarchies() -> Vec<PathBuf> {
             let fstype = post.next()?;
             let named = post.nth(1).is_some_and(|opts| opts.split(',').any(|o| o.starts_with("name=")));
             let mount_point = pre.split_whitespace().nth(4)?;
-            (fstype == "cgroup" && !named && mount_point.starts_with("/sys/fs/cgroup/")).then(|| PathBuf::from(mount_point))
+            (fstype == "cgroup" && !named && mount_point.starts_with("/sys/fs/cgroup/"))
+                .then(|| PathBuf::from(mount_point))
         })
         .collect()
 }
@@ -230,8 +233,7 @@ pub fn set_namespace_path(spec: &mut Spec, kind: LinuxNamespaceType, path: &Path
 /// Writes the prepared spec as `<dir>/config.json` (the bundle libcontainer reads).
 pub fn write(spec: &Spec, dir: &Path) -> Result<()> {
     let path = dir.join("config.json");
-    let bytes = serde_json::to_vec(spec)
-        .map_err(|e| Error::io(format!("encoding {}", path.display()), e.into()))?;
+    let bytes = serde_json::to_vec(spec).map_err(|e| Error::io(format!("encoding {}", path.display()), e.into()))?;
     fs::write(&path, bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
@@ -242,12 +244,7 @@ fn check_namespace_path(path: &Path, want: LinuxNamespaceType) -> std::result::R
         return Err(format!("{} is not a namespace file", path.display()));
     }
     if got != want as i32 {
-        return Err(format!(
-            "{} is a {} namespace, not {}",
-            path.display(),
-            ns_kind_name(got),
-            ns_name(want)
-        ));
+        return Err(format!("{} is a {} namespace, not {}", path.display(), ns_kind_name(got), ns_name(want)));
     }
     Ok(())
 }
@@ -319,10 +316,8 @@ mod tests {
 
     #[test]
     fn unknown_capability_is_named() {
-        let json = minimal("").replace(
-            r#""cwd":"/""#,
-            r#""cwd":"/","capabilities":{"bounding":["CAP_KILL","CAP_BOGUS"]}"#,
-        );
+        let json =
+            minimal("").replace(r#""cwd":"/""#, r#""cwd":"/","capabilities":{"bounding":["CAP_KILL","CAP_BOGUS"]}"#);
         let e = err_text(&json);
         assert!(e.contains("process.capabilities.bounding"), "{e}");
         assert!(e.contains("unknown capability `CAP_BOGUS`"), "{e}");
@@ -354,7 +349,8 @@ mod tests {
         let e = prepare(parse(&file, no_args.as_bytes()).unwrap(), &dir, &file, "/x").unwrap_err().to_string();
         assert!(e.contains("process.args: empty"), "{e}");
 
-        let systemd = minimal(r#","x":1"#).replace(r#""namespaces""#, r#""cgroupsPath":"system.slice:cri:abc","namespaces""#);
+        let systemd =
+            minimal(r#","x":1"#).replace(r#""namespaces""#, r#""cgroupsPath":"system.slice:cri:abc","namespaces""#);
         let e = prepare(parse(&file, systemd.as_bytes()).unwrap(), &dir, &file, "/x").unwrap_err().to_string();
         assert!(e.contains("systemd"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
@@ -378,7 +374,9 @@ mod tests {
 
     #[test]
     fn v1_cgroup_mount_becomes_binds_of_the_container_cgroup() {
-        let json = minimal(r#","mounts":[{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["nosuid","ro"]}]"#);
+        let json = minimal(
+            r#","mounts":[{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["nosuid","ro"]}]"#,
+        );
         let mut spec = parse(Path::new("c"), json.as_bytes()).unwrap();
         let h = [PathBuf::from("/sys/fs/cgroup/memory"), PathBuf::from("/sys/fs/cgroup/pids")];
         rewrite_v1_cgroup_mounts(&mut spec, Path::new("/pod/c1"), &h);

@@ -82,7 +82,9 @@ fn local_path(p: &Path) -> Result<PathBuf> {
         return Ok(PathBuf::from(rest));
     }
     if let Some((scheme, _)) = s.split_once("://") {
-        return Err(Error::Unsupported(format!("stdio {s:?}: the {scheme}:// scheme is not supported (fifo paths and file:// are)")));
+        return Err(Error::Unsupported(format!(
+            "stdio {s:?}: the {scheme}:// scheme is not supported (fifo paths and file:// are)"
+        )));
     }
     Ok(p.to_path_buf())
 }
@@ -206,7 +208,13 @@ impl Pending {
             let stop = eventfd()?;
             let stop_rx = dup(&stop)?;
             *io.stdin_stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop);
-            io.pumps.lock().unwrap_or_else(|p| p.into_inner()).push(spawn_pump("stdin", fifo, dst, Some(stop_rx), send_eof)?);
+            io.pumps.lock().unwrap_or_else(|p| p.into_inner()).push(spawn_pump(
+                "stdin",
+                fifo,
+                dst,
+                Some(stop_rx),
+                send_eof,
+            )?);
         }
         if let (Some(m), Some(out)) = (&master, stdout_fifo) {
             let h = spawn_pump("tty-out", dup(m)?, out, None, false)?;

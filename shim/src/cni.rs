@@ -101,7 +101,10 @@ impl Handoff {
                 Some(Value::String(_)) | None => {
                     Err(CniError::invalid_config(&format!("{HANDOFF_KEY}.{k}"), "is required (a non-empty string)"))
                 }
-                Some(other) => Err(CniError::invalid_config(&format!("{HANDOFF_KEY}.{k}"), format!("must be a string, not {other}"))),
+                Some(other) => Err(CniError::invalid_config(
+                    &format!("{HANDOFF_KEY}.{k}"),
+                    format!("must be a string, not {other}"),
+                )),
             }
         };
         let address = field("address", true)?.unwrap_or_default();
@@ -112,7 +115,12 @@ impl Handoff {
 
     /// The shim's flags for pod `id`, as containerd would give them.
     fn flags(&self, id: &str) -> Flags {
-        Flags { namespace: self.namespace.clone(), id: id.to_string(), address: self.address.clone(), ..Flags::default() }
+        Flags {
+            namespace: self.namespace.clone(),
+            id: id.to_string(),
+            address: self.address.clone(),
+            ..Flags::default()
+        }
     }
 
     /// The socket of pod `id`'s shim.
@@ -143,8 +151,8 @@ impl Handoff {
 /// The shim side: runs a handed-off invocation with the engine; returns it (for the attachment
 /// it names) with its outcome.
 pub fn serve(method: &str, payload: &[u8]) -> Result<(Invocation, Outcome), RpcError> {
-    let inv: Invocation =
-        serde_json::from_slice(payload).map_err(|e| RpcError::invalid(format!("{SERVICE}/{method}: malformed request: {e}")))?;
+    let inv: Invocation = serde_json::from_slice(payload)
+        .map_err(|e| RpcError::invalid(format!("{SERVICE}/{method}: malformed request: {e}")))?;
     if inv.method() != Some(method) {
         return Err(RpcError::invalid(format!("{SERVICE}/{method}: CNI_COMMAND is {:?}", inv.command())));
     }
@@ -180,11 +188,8 @@ impl Outcome {
 /// One invocation: handed to the pod's shim when the config asks for it, else run here.
 pub fn invoke(inv: &Invocation) -> Outcome {
     let conf: Option<Value> = serde_json::from_str(&inv.stdin).ok();
-    let version = conf
-        .as_ref()
-        .and_then(|c| c.get("cniVersion").and_then(Value::as_str))
-        .unwrap_or(LATEST_VERSION)
-        .to_string();
+    let version =
+        conf.as_ref().and_then(|c| c.get("cniVersion").and_then(Value::as_str)).unwrap_or(LATEST_VERSION).to_string();
     let handoff = match conf.as_ref().map(Handoff::from_config).transpose() {
         Ok(h) => h.flatten(),
         Err(e) => return Outcome::error(&version, &e),
@@ -282,7 +287,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            stdin: json!({"cniVersion": "1.0.0", "name": "n", "type": "podnet", "containerd": {"address": "a"}}).to_string(),
+            stdin: json!({"cniVersion": "1.0.0", "name": "n", "type": "podnet", "containerd": {"address": "a"}})
+                .to_string(),
         };
         let o = invoke(&inv);
         assert_eq!(o.exit_code, 1);

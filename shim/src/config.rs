@@ -204,7 +204,9 @@ mod tests {
 
     #[test]
     fn flags_as_containerd_passes_them() {
-        let f = Flags::parse(&args("-namespace k8s.io -address /run/c.sock -publish-binary /bin/c -id abc -debug start")).unwrap();
+        let f =
+            Flags::parse(&args("-namespace k8s.io -address /run/c.sock -publish-binary /bin/c -id abc -debug start"))
+                .unwrap();
         assert_eq!((f.namespace.as_str(), f.id.as_str(), f.action.as_str(), f.debug), ("k8s.io", "abc", "start", true));
         let f = Flags::parse(&args("--namespace=n -id x -bundle /b delete")).unwrap();
         assert_eq!((f.bundle.as_str(), f.action.as_str()), ("/b", "delete"));

@@ -11,7 +11,6 @@ use protobuf::well_known_types::any::Any;
 use protobuf::well_known_types::empty::Empty;
 use protobuf::MessageFull;
 
-
 use crate::ttrpc::{socket_path, Client};
 
 pub const SERVICE: &str = "containerd.services.events.ttrpc.v1.Events";
@@ -94,7 +93,8 @@ impl Publisher {
         let Some(addr) = &self.address else { return Ok(()) };
         for attempt in 0..2 {
             if self.client.is_none() {
-                self.client = Some(Client::connect(addr).map_err(|e| format!("connecting to {}: {e}", addr.display()))?);
+                self.client =
+                    Some(Client::connect(addr).map_err(|e| format!("connecting to {}: {e}", addr.display()))?);
             }
             let Some(client) = self.client.as_mut() else { continue };
             match client.call::<Empty>(SERVICE, "Forward", req, Some(TIMEOUT)) {

@@ -72,7 +72,13 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<(), String> {
             // A bind mount takes its read-only flag on a remount.
             // SAFETY: as above.
             let rc = unsafe {
-                libc::mount(std::ptr::null(), tgt.as_ptr(), std::ptr::null(), base | libc::MS_REMOUNT | libc::MS_RDONLY, std::ptr::null())
+                libc::mount(
+                    std::ptr::null(),
+                    tgt.as_ptr(),
+                    std::ptr::null(),
+                    base | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    std::ptr::null(),
+                )
             };
             if rc != 0 {
                 result = Err(std::io::Error::last_os_error());

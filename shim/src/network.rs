@@ -69,7 +69,11 @@ fn parse_conflist(rec_file: &Path, conflist: &Value) -> Result<NetworkConfig, St
 pub fn parse_ports(spec: &str) -> Result<Vec<Value>, String> {
     let mut out = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let bad = |why: &str| format!("annotation {PORTS_ANNOTATION}: {item:?}: {why} (want [hostIP:]hostPort:containerPort[/tcp|udp|sctp])");
+        let bad = |why: &str| {
+            format!(
+                "annotation {PORTS_ANNOTATION}: {item:?}: {why} (want [hostIP:]hostPort:containerPort[/tcp|udp|sctp])"
+            )
+        };
         let (ports, proto) = match item.rsplit_once('/') {
             Some((p, proto)) => (p, proto.to_ascii_lowercase()),
             None => (item, "tcp".to_string()),
@@ -95,7 +99,8 @@ pub fn parse_ports(spec: &str) -> Result<Vec<Value>, String> {
         let port = |s: &str, what: &str| -> Result<u16, String> {
             s.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad(&format!("{what} {s:?} is not a port number")))
         };
-        let mut m = json!({"hostPort": port(h, "hostPort")?, "containerPort": port(c, "containerPort")?, "protocol": proto});
+        let mut m =
+            json!({"hostPort": port(h, "hostPort")?, "containerPort": port(c, "containerPort")?, "protocol": proto});
         if let Some(ip) = host_ip {
             m["hostIP"] = Value::String(ip);
         }
@@ -132,8 +137,9 @@ pub fn setup(cfg: &Config, namespace: &str, id: &str, ports: &[Value]) -> Result
     };
     drop(ns);
     // CRI brings lo up beside the pod's network; a standalone pod gets it here.
-    let lo = NetworkConfig::parse(br#"{"cniVersion":"1.1.0","name":"podnet-loopback","plugins":[{"type":"loopback"}]}"#)
-        .map_err(|e| format!("loopback config: {e}"));
+    let lo =
+        NetworkConfig::parse(br#"{"cniVersion":"1.1.0","name":"podnet-loopback","plugins":[{"type":"loopback"}]}"#)
+            .map_err(|e| format!("loopback config: {e}"));
     if let Err(e) = lo.and_then(|lo| {
         engine::add_network(&lo, &Request::new(id, "lo", Some(&rec.netns)), &Map::new()).map_err(|e| e.to_string())
     }) {

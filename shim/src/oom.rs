@@ -14,9 +14,7 @@ pub struct OomWatch {
 fn oom_kills(events: &Path) -> u64 {
     fs::read_to_string(events)
         .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok())))
         .unwrap_or(0)
 }
 
@@ -26,7 +24,8 @@ impl OomWatch {
         let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
         let v1 = Path::new("/sys/fs/cgroup/memory").join(rel);
         if v1.join("memory.oom_control").exists() {
-            let control = fs::File::open(v1.join("memory.oom_control")).map_err(|e| format!("{}: {e}", v1.display()))?;
+            let control =
+                fs::File::open(v1.join("memory.oom_control")).map_err(|e| format!("{}: {e}", v1.display()))?;
             // SAFETY: eventfd has no memory preconditions.
             let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
             if efd < 0 {

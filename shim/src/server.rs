@@ -85,7 +85,8 @@ pub fn serve(listener: UnixListener, shim: &mut Shim) -> std::io::Result<()> {
             loop {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let ok = stream.set_nonblocking(false).is_ok() && stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_ok();
+                        let ok = stream.set_nonblocking(false).is_ok()
+                            && stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_ok();
                         if ok {
                             conns.push(Conn { id: next_conn, stream, buf: Vec::new() });
                             next_conn += 1;
@@ -99,12 +100,8 @@ pub fn serve(listener: UnixListener, shim: &mut Shim) -> std::io::Result<()> {
                 }
             }
         }
-        let conn_ready: Vec<u64> = conns
-            .iter()
-            .zip(&fds[1..1 + polled])
-            .filter(|(_, p)| p.revents != 0)
-            .map(|(c, _)| c.id)
-            .collect();
+        let conn_ready: Vec<u64> =
+            conns.iter().zip(&fds[1..1 + polled]).filter(|(_, p)| p.revents != 0).map(|(c, _)| c.id).collect();
         for fd in fds[1 + polled..].iter().filter(|p| p.revents != 0) {
             shim.on_ready(fd.fd);
         }
@@ -147,9 +144,10 @@ fn serve_conn(c: &mut Conn, shim: &mut Shim) -> bool {
                 heavy = true;
                 Reply::Now(shim.network(&req.method, &req.payload))
             }
-            Ok(req) if !TASK_SERVICES.contains(&req.service.as_str()) => {
-                Reply::Now(Err(RpcError::new(Code::UNIMPLEMENTED, format!("service {} is not served here", req.service))))
-            }
+            Ok(req) if !TASK_SERVICES.contains(&req.service.as_str()) => Reply::Now(Err(RpcError::new(
+                Code::UNIMPLEMENTED,
+                format!("service {} is not served here", req.service),
+            ))),
             Ok(req) => {
                 let r = shim.handle(&req.method, &req.payload, c.id, frame.stream_id);
                 heavy |= matches!(req.method.as_str(), "Create" | "Start" | "Delete" | "Exec");

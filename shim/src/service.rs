@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused, TaskResumed,
+    TaskStart,
 };
 use containerd_shim_protos::shim::shim::*;
 use containerd_shim_protos::ttrpc::proto::Code;
@@ -369,7 +370,11 @@ impl Shim {
             std::mem::take(&mut self.waiters).into_iter().partition(|w| w.id == id && w.exec_id == exec_id);
         self.waiters = rest;
         for w in ready {
-            self.done.push(Deferred { conn: w.conn, stream: w.stream, payload: crate::ttrpc::response(Ok(payload.clone())) });
+            self.done.push(Deferred {
+                conn: w.conn,
+                stream: w.stream,
+                payload: crate::ttrpc::response(Ok(payload.clone())),
+            });
         }
     }
 
@@ -382,8 +387,12 @@ impl Shim {
             "Start" => decode(payload, method).and_then(|r| self.start(r)).and_then(|m| encode(&m)),
             "Delete" => decode(payload, method).and_then(|r| self.delete(r)).and_then(|m| encode(&m)),
             "Pids" => decode(payload, method).and_then(|r| self.pids(r)).and_then(|m| encode(&m)),
-            "Pause" => decode(payload, method).and_then(|r: PauseRequest| self.pause(&r.id, true)).and_then(|m| encode(&m)),
-            "Resume" => decode(payload, method).and_then(|r: ResumeRequest| self.pause(&r.id, false)).and_then(|m| encode(&m)),
+            "Pause" => {
+                decode(payload, method).and_then(|r: PauseRequest| self.pause(&r.id, true)).and_then(|m| encode(&m))
+            }
+            "Resume" => {
+                decode(payload, method).and_then(|r: ResumeRequest| self.pause(&r.id, false)).and_then(|m| encode(&m))
+            }
             "Checkpoint" => Err(RpcError::new(
                 Code::UNIMPLEMENTED,
                 "checkpoint is not implemented by the podnet shim (no CRIU support)",
@@ -438,7 +447,10 @@ impl Shim {
             return Err(RpcError::new(Code::ALREADY_EXISTS, format!("task {id:?} already exists")));
         }
         if !req.checkpoint.is_empty() {
-            return Err(RpcError::new(Code::UNIMPLEMENTED, "restoring from a checkpoint is not implemented by the podnet shim"));
+            return Err(RpcError::new(
+                Code::UNIMPLEMENTED,
+                "restoring from a checkpoint is not implemented by the podnet shim",
+            ));
         }
         let opts = RuntimeOptions::from_any(req.options.as_ref()).map_err(RpcError::invalid)?;
         let cfg = Config::for_options(&opts).map_err(RpcError::invalid)?;
@@ -600,7 +612,8 @@ impl Shim {
             Some((_, rt)) => rt,
             None => return Err(RpcError::not_found(format!("task {:?} not found", req.id))),
         };
-        let t = self.tasks.get_mut(&req.id).ok_or_else(|| RpcError::not_found(format!("task {:?} not found", req.id)))?;
+        let t =
+            self.tasks.get_mut(&req.id).ok_or_else(|| RpcError::not_found(format!("task {:?} not found", req.id)))?;
         let mut resp = StartResponse::new();
         if req.exec_id.is_empty() {
             t.container.start().map_err(rpc)?;
@@ -870,8 +883,9 @@ impl Shim {
 
     fn update(&mut self, req: UpdateTaskRequest) -> RpcResult<Empty> {
         let t = self.task(&req.id)?;
-        let resources: LinuxResources = serde_json::from_slice(&req.resources.value)
-            .map_err(|e| RpcError::invalid(format!("update of {:?}: resources ({}): {e}", req.id, req.resources.type_url)))?;
+        let resources: LinuxResources = serde_json::from_slice(&req.resources.value).map_err(|e| {
+            RpcError::invalid(format!("update of {:?}: resources ({}): {e}", req.id, req.resources.type_url))
+        })?;
         t.container.update(&resources).map_err(rpc)?;
         Ok(Empty::new())
     }
@@ -927,7 +941,11 @@ impl Shim {
         if self.idle() {
             self.shutdown = true;
         } else {
-            tracing::debug!(tasks = self.tasks.len(), networks = self.networks.len(), "shutdown ignored: tasks or networks remain");
+            tracing::debug!(
+                tasks = self.tasks.len(),
+                networks = self.networks.len(),
+                "shutdown ignored: tasks or networks remain"
+            );
         }
         Ok(Empty::new())
     }

@@ -145,7 +145,8 @@ impl Client {
         payload: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<Vec<u8>, RpcError> {
-        let io_err = |what: &str, e: io::Error| RpcError::new(Code::UNAVAILABLE, format!("{what} {service}/{method}: {e}"));
+        let io_err =
+            |what: &str, e: io::Error| RpcError::new(Code::UNAVAILABLE, format!("{what} {service}/{method}: {e}"));
         let mut r = Request::new();
         r.service = service.to_string();
         r.method = method.to_string();

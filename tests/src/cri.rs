@@ -50,9 +50,9 @@ use sha2::{Digest, Sha256};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::containerd::{
-    alive, busybox_archive, busybox_image, containerd_major, default_bin_dir, layer_tar, oci_arch,
-    mounts_under, output_with_timeout, processes_with_args, Containerd, ContainerdOptions,
-    BUSYBOX_REF, DEFAULT_DISABLED_PLUGINS, DEFAULT_DISABLED_PLUGINS_1_7,
+    alive, busybox_archive, busybox_image, containerd_major, default_bin_dir, layer_tar, mounts_under, oci_arch,
+    output_with_timeout, processes_with_args, Containerd, ContainerdOptions, BUSYBOX_REF, DEFAULT_DISABLED_PLUGINS,
+    DEFAULT_DISABLED_PLUGINS_1_7,
 };
 use crate::leaks::{self, Snapshot};
 use crate::{podnet_veths, reservations, retry, tagged_rules, unique, Ns, TempDir};
@@ -125,16 +125,13 @@ impl CriClient {
                 .connect_with_connector_lazy(tower::service_fn(move |_| {
                     let p = p.clone();
                     async move {
-                        Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(
-                            tokio::net::UnixStream::connect(p).await?,
-                        ))
+                        Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?))
                     }
                 }))
         };
         Ok(CriClient {
             rt,
-            runtime: RuntimeServiceClient::new(channel.clone())
-                .max_decoding_message_size(64 << 20),
+            runtime: RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20),
             images: ImageServiceClient::new(channel).max_decoding_message_size(64 << 20),
             socket,
             timeout: Mutex::new(CALL_TIMEOUT),
@@ -226,14 +223,12 @@ impl CriClient {
 
     pub fn remove_pod_sandbox(&self, id: &str) -> CriResult<()> {
         let r = cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() };
-        self.call("RemovePodSandbox", |mut c, _, t| async move { c.remove_pod_sandbox(req(r, t)).await })
-            .map(drop)
+        self.call("RemovePodSandbox", |mut c, _, t| async move { c.remove_pod_sandbox(req(r, t)).await }).map(drop)
     }
 
     pub fn list_pod_sandbox(&self) -> CriResult<Vec<cri::PodSandbox>> {
         let r = cri::ListPodSandboxRequest { filter: None };
-        self.call("ListPodSandbox", |mut c, _, t| async move { c.list_pod_sandbox(req(r, t)).await })
-            .map(|r| r.items)
+        self.call("ListPodSandbox", |mut c, _, t| async move { c.list_pod_sandbox(req(r, t)).await }).map(|r| r.items)
     }
 
     /// CreateContainer in pod `pod_id` (whose config was `sandbox`); the container's id.
@@ -264,8 +259,7 @@ impl CriClient {
     pub fn stop_container(&self, id: &str, timeout_secs: i64) -> CriResult<()> {
         let r = cri::StopContainerRequest { container_id: id.to_string(), timeout: timeout_secs };
         let t = self.timeout() + Duration::from_secs(timeout_secs.max(0) as u64);
-        self.call_with("StopContainer", t, |mut c, _, t| async move { c.stop_container(req(r, t)).await })
-            .map(drop)
+        self.call_with("StopContainer", t, |mut c, _, t| async move { c.stop_container(req(r, t)).await }).map(drop)
     }
 
     pub fn remove_container(&self, id: &str) -> CriResult<()> {
@@ -629,9 +623,8 @@ impl CriNode {
         .expect("write podnet config");
         me.node = Some(Ns::new("pk"));
 
-        let mut copts = ContainerdOptions::podnet()
-            .namespace(K8S_NAMESPACE)
-            .env("PODNET_CONFIG", me.podnet_config_path());
+        let mut copts =
+            ContainerdOptions::podnet().namespace(K8S_NAMESPACE).env("PODNET_CONFIG", me.podnet_config_path());
         for (k, v) in &me.opts.env {
             copts = copts.env(k, v);
         }
@@ -673,12 +666,7 @@ impl CriNode {
 
     /// The CRI sections of containerd's config (appended to the harness's).
     pub fn cri_config(&self) -> String {
-        cri_config_text(
-            self.v1,
-            &self.cni_bin_dir(),
-            &self.default_conf_dir(),
-            &self.podnet_conf_dir(),
-        )
+        cri_config_text(self.v1, &self.cni_bin_dir(), &self.default_conf_dir(), &self.podnet_conf_dir())
     }
 
     fn write_cni(&self) {

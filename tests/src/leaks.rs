@@ -141,7 +141,11 @@ impl Snapshot {
             .filter(|(k, n)| **n > self.mounts.get(*k).copied().unwrap_or(0))
             .map(|(k, n)| {
                 let extra = n - self.mounts.get(k).copied().unwrap_or(0);
-                if extra == 1 { k.clone() } else { format!("{k} x{extra}") }
+                if extra == 1 {
+                    k.clone()
+                } else {
+                    format!("{k} x{extra}")
+                }
             })
             .collect();
         let cgroups = after.cgroups.difference(&self.cgroups).cloned().collect();

@@ -202,10 +202,7 @@ pub fn files_in(dir: &Path) -> Vec<String> {
 
 /// The IP reservation files of a host-local network dir (what the reference writes).
 pub fn reservations(data_dir: &Path, network: &str) -> Vec<String> {
-    files_in(&data_dir.join(network))
-        .into_iter()
-        .filter(|f| f.parse::<std::net::IpAddr>().is_ok())
-        .collect()
+    files_in(&data_dir.join(network)).into_iter().filter(|f| f.parse::<std::net::IpAddr>().is_ok()).collect()
 }
 
 // ---------------------------------------------------------------------------------------------

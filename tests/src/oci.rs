@@ -63,11 +63,8 @@ fn is_static_elf(path: &Path) -> io::Result<bool> {
             acc | (u64::from(x) << shift)
         }))
     };
-    let (phoff, phentsize, phnum) = if wide {
-        (num(0x20, 8), num(0x36, 2), num(0x38, 2))
-    } else {
-        (num(0x1c, 4), num(0x2a, 2), num(0x2c, 2))
-    };
+    let (phoff, phentsize, phnum) =
+        if wide { (num(0x20, 8), num(0x36, 2), num(0x38, 2)) } else { (num(0x1c, 4), num(0x2a, 2), num(0x2c, 2)) };
     let bad = || invalid(format!("{}: truncated ELF header", path.display()));
     let (phoff, phentsize, phnum) = (phoff.ok_or_else(bad)?, phentsize.ok_or_else(bad)?, phnum.ok_or_else(bad)?);
     for i in 0..phnum {
@@ -573,10 +570,13 @@ mod tests {
         assert_eq!(p["oomScoreAdj"], 500);
         assert_eq!(p["capabilities"].as_object().unwrap().len(), 5);
         assert_eq!(p["capabilities"]["ambient"], json!(["CAP_NET_ADMIN"]));
-        assert_eq!(p["rlimits"], json!([
-            { "type": "RLIMIT_NOFILE", "soft": 10, "hard": 20 },
-            { "type": "RLIMIT_NPROC", "soft": 5, "hard": 5 }
-        ]));
+        assert_eq!(
+            p["rlimits"],
+            json!([
+                { "type": "RLIMIT_NOFILE", "soft": 10, "hard": 20 },
+                { "type": "RLIMIT_NPROC", "soft": 5, "hard": 5 }
+            ])
+        );
         assert_eq!(v["hostname"], "h");
         assert_eq!(v["root"]["readonly"], false);
         assert_eq!(v["annotations"], json!({ "a": "b" }));
@@ -588,10 +588,13 @@ mod tests {
         assert_eq!(l["resources"]["cpu"]["shares"], 512);
         assert_eq!(l["resources"]["devices"].as_array().unwrap().len(), 1, "resources edits keep devices");
         assert_eq!(l["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
-        assert_eq!(v["hooks"]["poststop"], json!([
-            { "path": "/bin/true" },
-            { "path": "/bin/sh", "args": ["sh", "-c", "exit 0"] }
-        ]));
+        assert_eq!(
+            v["hooks"]["poststop"],
+            json!([
+                { "path": "/bin/true" },
+                { "path": "/bin/sh", "args": ["sh", "-c", "exit 0"] }
+            ])
+        );
     }
 
     #[test]

@@ -44,9 +44,11 @@ impl RtEnv {
     /// A busybox spec running `args`, in the test's network namespace, with a cgroup path
     /// that carries the marker.
     pub fn spec(&self, args: &[&str]) -> Spec {
-        Spec::new(&shared_busybox_rootfs(), args)
-            .namespace("network", Some(&self.ns.path))
-            .cgroups_path(&format!("/{}-{}", self.marker, unique("c")))
+        Spec::new(&shared_busybox_rootfs(), args).namespace("network", Some(&self.ns.path)).cgroups_path(&format!(
+            "/{}-{}",
+            self.marker,
+            unique("c")
+        ))
     }
 
     /// Writes `spec` as a bundle in a fresh directory and returns the bundle directory.

@@ -37,8 +37,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::containerd::{
-    alive, busybox_archive, busybox_image, mounts_under, output_with_timeout, Containerd,
-    ContainerdOptions,
+    alive, busybox_archive, busybox_image, mounts_under, output_with_timeout, Containerd, ContainerdOptions,
 };
 use crate::leaks::{self, Snapshot};
 use crate::{podnet_veths, reservations, retry, tagged_rules, unique, Ns, TempDir};
@@ -95,9 +94,7 @@ impl PodnetNode {
         let marker = unique("pns");
         let before = Snapshot::take(&marker);
         // Short on purpose: the runtime's sockets live under the state dir.
-        let dir = TempDir(
-            PathBuf::from("/tmp").join(unique(&format!("pn{}", &prefix[..prefix.len().min(4)]))),
-        );
+        let dir = TempDir(PathBuf::from("/tmp").join(unique(&format!("pn{}", &prefix[..prefix.len().min(4)]))));
         fs::create_dir_all(&dir.0).expect("create scratch dir");
         let n = SUBNET.fetch_add(1, Ordering::SeqCst);
         let subnet = format!("10.88.{}", (std::process::id() % 20) * 10 + n % 10 + 10);
@@ -120,16 +117,10 @@ impl PodnetNode {
         };
         let conf_dir = me.conf_dir();
         fs::create_dir_all(&conf_dir).expect("create conf dir");
-        fs::write(
-            conf_dir.join("10-podnet.conflist"),
-            me.conflist().to_string(),
-        )
-        .expect("write conflist");
+        fs::write(conf_dir.join("10-podnet.conflist"), me.conflist().to_string()).expect("write conflist");
         fs::write(me.config_path(), me.config_toml(&conf_dir)).expect("write podnet config");
         me.node = Some(Ns::new("pn"));
-        let opts = ContainerdOptions::podnet()
-            .namespace(&me.marker)
-            .env("PODNET_CONFIG", me.config_path());
+        let opts = ContainerdOptions::podnet().namespace(&me.marker).env("PODNET_CONFIG", me.config_path());
         me.c = Some(Containerd::start(me.node(), opts));
         me.image = busybox_image(me.c());
         me
@@ -213,20 +204,14 @@ impl PodnetNode {
 
     /// Remembers a container id (and its pod group) for the checks and the cleanup.
     pub fn track(&self, id: &str, annotations: &[(&str, &str)]) {
-        self.ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string());
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string());
         let pod = annotations
             .iter()
             .find(|(k, _)| *k == "podnet.io/pod" || *k == "io.kubernetes.cri.sandbox-id")
             .map(|(_, v)| v.to_string())
             .unwrap_or_else(|| id.to_string());
         let socket = self.shim_socket(&pod);
-        self.pods
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((pod, socket));
+        self.pods.lock().unwrap_or_else(|p| p.into_inner()).insert((pod, socket));
     }
 
     /// `ctr run` arguments: `run [-d] --runtime podnet <flags> --annotation k=v... image id args`.
@@ -262,13 +247,7 @@ impl PodnetNode {
     }
 
     /// Like [`PodnetNode::run_detached`] with extra `ctr run` flags (e.g. `--memory-limit N`).
-    pub fn run_detached_with(
-        &self,
-        id: &str,
-        flags: &[&str],
-        annotations: &[(&str, &str)],
-        args: &[&str],
-    ) {
+    pub fn run_detached_with(&self, id: &str, flags: &[&str], annotations: &[(&str, &str)], args: &[&str]) {
         let a = self.run_args(true, id, flags, annotations, args);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         self.c().ctr_ok(&a);
@@ -338,12 +317,8 @@ impl PodnetNode {
             .env("TERM", "dumb");
         self.node().command(&mut cmd);
         let o = output_with_timeout(&mut cmd, Duration::from_secs(30)).expect("run script");
-        let text =
-            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-        (
-            o.status.code().unwrap_or(-1),
-            text.replace('\r', "").replace("^@", ""),
-        )
+        let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        (o.status.code().unwrap_or(-1), text.replace('\r', "").replace("^@", ""))
     }
 
     /// The pod's IPv4 address on eth0, as the container sees it (`ip -4 -o addr show eth0`).
@@ -387,7 +362,10 @@ impl PodnetNode {
                 return r.clone();
             }
             if Instant::now() > deadline {
-                panic!("task {id} is not {status} after {timeout:?}: {row:?}\ncontainerd log (end):\n{}", self.c().log_tail(40));
+                panic!(
+                    "task {id} is not {status} after {timeout:?}: {row:?}\ncontainerd log (end):\n{}",
+                    self.c().log_tail(40)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -413,12 +391,9 @@ impl PodnetNode {
             .into_iter()
             .filter(|pid| {
                 let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let args: Vec<String> = raw
-                    .split(|b| *b == 0)
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect();
-                args.first()
-                    .is_some_and(|a| a.ends_with("containerd-shim-podnet-v2"))
+                let args: Vec<String> =
+                    raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+                args.first().is_some_and(|a| a.ends_with("containerd-shim-podnet-v2"))
                     && !args.iter().any(|a| a == "start" || a == "delete")
                     && alive(*pid)
             })
@@ -452,28 +427,18 @@ impl PodnetNode {
         rd.flatten()
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
             .filter(|pid| {
-                alive(*pid)
-                    && fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                        .is_ok_and(|c| c.contains(&needle))
+                alive(*pid) && fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&needle))
             })
             .map(|pid| {
                 let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                format!(
-                    "{pid}: {}",
-                    String::from_utf8_lossy(&raw).replace('\0', " ").trim()
-                )
+                format!("{pid}: {}", String::from_utf8_lossy(&raw).replace('\0', " ").trim())
             })
             .collect()
     }
 
     /// containerd's log lines from the podnet shim (`runtime=io.containerd.podnet.v2`).
     pub fn shim_log(&self) -> Vec<String> {
-        self.c()
-            .log()
-            .lines()
-            .filter(|l| l.contains("runtime=io.containerd.podnet.v2"))
-            .map(String::from)
-            .collect()
+        self.c().log().lines().filter(|l| l.contains("runtime=io.containerd.podnet.v2")).map(String::from).collect()
     }
 
     /// Asserts that, with every task and container deleted, nothing of the pods is left: no
@@ -485,16 +450,10 @@ impl PodnetNode {
     pub fn assert_clean(&self) {
         let c = self.c();
         assert_eq!(self.ctr_ok(&["task", "ls", "-q"]).trim(), "", "tasks left");
-        assert_eq!(
-            self.ctr_ok(&["container", "ls", "-q"]).trim(),
-            "",
-            "containers left"
-        );
-        let gone = retry(
-            (SHIM_EXIT_TIMEOUT.as_millis() / 20) as u32,
-            Duration::from_millis(20),
-            || self.shim_pids().is_empty(),
-        );
+        assert_eq!(self.ctr_ok(&["container", "ls", "-q"]).trim(), "", "containers left");
+        let gone = retry((SHIM_EXIT_TIMEOUT.as_millis() / 20) as u32, Duration::from_millis(20), || {
+            self.shim_pids().is_empty()
+        });
         assert!(
             gone,
             "podnet shim(s) {:?} still running {SHIM_EXIT_TIMEOUT:?} after the last delete\n{}",
@@ -505,72 +464,30 @@ impl PodnetNode {
             let p = Self::netns_path(id);
             assert!(!p.exists(), "network namespace {} left", p.display());
         }
-        assert_eq!(
-            self.reservations(),
-            Vec::<String>::new(),
-            "IP reservations left"
-        );
-        assert_eq!(
-            podnet_veths(self.node()),
-            Vec::<String>::new(),
-            "podnet veths left in the node namespace"
-        );
+        assert_eq!(self.reservations(), Vec::<String>::new(), "IP reservations left");
+        assert_eq!(podnet_veths(self.node()), Vec::<String>::new(), "podnet veths left in the node namespace");
         assert_eq!(
             tagged_rules(self.node(), &format!("podnet/{}/", self.net)),
             Vec::<String>::new(),
             "tagged nft rules left"
         );
-        let procs = retry(100, Duration::from_millis(20), || {
-            self.container_processes().is_empty()
-        });
-        assert!(
-            procs,
-            "container processes left: {:?}",
-            self.container_processes()
-        );
+        let procs = retry(100, Duration::from_millis(20), || self.container_processes().is_empty());
+        assert!(procs, "container processes left: {:?}", self.container_processes());
         let rt = self.shim_state_dir().join("runtime").join(&self.marker);
-        let left: Vec<String> = crate::files_in(&rt)
-            .into_iter()
-            .filter(|f| !f.starts_with('.'))
-            .collect();
-        assert_eq!(
-            left,
-            Vec::<String>::new(),
-            "containers left in the shim's runtime state {}",
-            rt.display()
-        );
-        let bundles = c
-            .state_dir()
-            .join("io.containerd.runtime.v2.task")
-            .join(&self.marker);
-        assert_eq!(
-            crate::files_in(&bundles),
-            Vec::<String>::new(),
-            "bundles left in {}",
-            bundles.display()
-        );
-        assert_eq!(
-            mounts_under(c.dir()),
-            Vec::<PathBuf>::new(),
-            "mounts left under containerd's directory"
-        );
+        let left: Vec<String> = crate::files_in(&rt).into_iter().filter(|f| !f.starts_with('.')).collect();
+        assert_eq!(left, Vec::<String>::new(), "containers left in the shim's runtime state {}", rt.display());
+        let bundles = c.state_dir().join("io.containerd.runtime.v2.task").join(&self.marker);
+        assert_eq!(crate::files_in(&bundles), Vec::<String>::new(), "bundles left in {}", bundles.display());
+        assert_eq!(mounts_under(c.dir()), Vec::<PathBuf>::new(), "mounts left under containerd's directory");
         for (pod, s) in self.pods.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            assert!(
-                fs::symlink_metadata(s).is_err(),
-                "shim socket {} of pod {pod} left",
-                s.display()
-            );
+            assert!(fs::symlink_metadata(s).is_err(), "shim socket {} of pod {pod} left", s.display());
         }
     }
 
     /// The task's bundle directory in containerd's state (containerd removes it once the
     /// task is deleted, after the shim's `delete` for a dead shim).
     pub fn bundle(&self, id: &str) -> PathBuf {
-        self.c()
-            .state_dir()
-            .join("io.containerd.runtime.v2.task")
-            .join(&self.marker)
-            .join(id)
+        self.c().state_dir().join("io.containerd.runtime.v2.task").join(&self.marker).join(id)
     }
 
     /// Stops containerd (its cleanup must find nothing to force), removes the node and the
@@ -578,11 +495,7 @@ impl PodnetNode {
     pub fn finish(mut self) {
         let c = self.c.take().expect("containerd");
         let problems = c.shutdown();
-        assert_eq!(
-            problems,
-            Vec::<String>::new(),
-            "containerd's cleanup was not clean"
-        );
+        assert_eq!(problems, Vec::<String>::new(), "containerd's cleanup was not clean");
         self.release();
         let before = self.before.take().expect("snapshot");
         leaks::assert_no_leaks(&before, &self.marker);
@@ -601,10 +514,7 @@ impl PodnetNode {
         // killed the leftovers).
         for (_, s) in self.pods.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             if fs::symlink_metadata(s).is_ok() {
-                eprintln!(
-                    "podnet node cleanup: removing leftover shim socket {}",
-                    s.display()
-                );
+                eprintln!("podnet node cleanup: removing leftover shim socket {}", s.display());
                 let _ = fs::remove_file(s);
             }
         }
@@ -649,27 +559,14 @@ impl Events {
                 sink.lock().unwrap_or_else(|p| p.into_inner()).push(l);
             }
         });
-        let ev = Events {
-            child,
-            lines,
-            reader: Some(reader),
-        };
+        let ev = Events { child, lines, reader: Some(reader) };
         let mut i = 0;
         let ready = retry(100, Duration::from_millis(50), || {
             i += 1;
-            n.ctr_ok(&[
-                "namespaces",
-                "label",
-                &n.marker,
-                &format!("podnet.test/probe={i}"),
-            ]);
+            n.ctr_ok(&["namespaces", "label", &n.marker, &format!("podnet.test/probe={i}")]);
             ev.lines().iter().any(|l| l.contains("/namespaces/update"))
         });
-        assert!(
-            ready,
-            "ctr events never showed a /namespaces/update: {:?}",
-            ev.lines()
-        );
+        assert!(ready, "ctr events never showed a /namespaces/update: {:?}", ev.lines());
         ev
     }
 
@@ -685,8 +582,7 @@ impl Events {
                 let at = l.find(" /tasks/")?;
                 let rest = &l[at + 1..];
                 let (topic, body) = rest.split_once(' ').unwrap_or((rest, "{}"));
-                let v: serde_json::Value =
-                    serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null);
+                let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null);
                 (v["container_id"].as_str() == Some(id)).then(|| (topic.to_string(), v))
             })
             .collect()
@@ -694,11 +590,9 @@ impl Events {
 
     /// Waits (up to `timeout`) until an event of `topic` for `id` arrived.
     pub fn wait_for(&self, id: &str, topic: &str, timeout: Duration) -> bool {
-        retry(
-            (timeout.as_millis() / 20).max(1) as u32,
-            Duration::from_millis(20),
-            || self.task_events(id).iter().any(|(t, _)| t == topic),
-        )
+        retry((timeout.as_millis() / 20).max(1) as u32, Duration::from_millis(20), || {
+            self.task_events(id).iter().any(|(t, _)| t == topic)
+        })
     }
 }
 
@@ -716,12 +610,8 @@ impl Drop for Events {
 /// `busybox wget` of `http://host:port/path` from `ns`: the body, or None on failure. Bounded
 /// by `timeout 5` (not wget's `-T`: Debian's busybox 1.35 wget crashes with it).
 pub fn http_get(ns: &Ns, host: &str, port: u16, path: &str) -> Option<String> {
-    let o = ns.run(&format!(
-        "timeout 5 busybox wget -q -O - http://{host}:{port}{path} 2>/dev/null"
-    ));
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    let o = ns.run(&format!("timeout 5 busybox wget -q -O - http://{host}:{port}{path} 2>/dev/null"));
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 /// A stdin-less helper process reaped on drop (for `ctr run` attached in the background).
@@ -754,8 +644,6 @@ impl Drop for Attached {
 /// Spawns `ctr` `args` attached (stdin /dev/null, output discarded).
 pub fn spawn_attached(c: &Containerd, args: &[&str]) -> Attached {
     let mut cmd = c.ctr_command(args);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     Attached(cmd.spawn().expect("spawn ctr"))
 }

@@ -194,8 +194,6 @@ fn pod_ip(res: &Value, v6: bool) -> Option<String> {
         .find(|a| a.contains(':') == v6)
 }
 
-
-
 /// What one flavor produced and what worked.
 #[derive(Debug, PartialEq)]
 struct Observed {

@@ -90,8 +90,6 @@ fn pod_ip(res: &Value, v6: bool) -> String {
         .unwrap_or_else(|| panic!("no {} address in {res}", if v6 { "IPv6" } else { "IPv4" }))
 }
 
-
-
 /// A TCP server in `pod` on `port` answering every connection with `token`.
 fn token_server(pod: &Ns, port: u16, token: &str) -> Background {
     let bg = pod.spawn(&format!("busybox nc -ll -p {port} -e /bin/echo {token}"));

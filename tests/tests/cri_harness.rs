@@ -51,7 +51,8 @@ fn one_pod(handler: &str, prefix: [u8; 2]) {
         .unwrap_or_else(|e| panic!("ExecSync: {e}\n{}", n.c().log_tail(60)));
     assert_eq!((out.as_str(), code), ("hi\n", 0), "stderr: {err}");
     // The container sees the pod's address.
-    let (out, _, code) = n.client().exec_sync(&ctr, &["ip", "-4", "-o", "addr", "show", "eth0"], 10).expect("ExecSync ip");
+    let (out, _, code) =
+        n.client().exec_sync(&ctr, &["ip", "-4", "-o", "addr", "show", "eth0"], 10).expect("ExecSync ip");
     assert_eq!(code, 0);
     assert!(out.contains(&format!("inet {ip}/")), "eth0 of the container: {out}");
 

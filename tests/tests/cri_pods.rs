@@ -9,27 +9,33 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use podnet_tests::cri::{
-    container_config, node_output, v1 as cri, wait_container_state, CriClient, CriNode, CriNodeOptions,
-    PodConfigExt, HANDLER_PODNET, HANDLER_RUNC,
+    container_config, node_output, v1 as cri, wait_container_state, CriClient, CriNode, CriNodeOptions, PodConfigExt,
+    HANDLER_PODNET, HANDLER_RUNC,
 };
 use podnet_tests::retry;
 
 const T: Duration = Duration::from_secs(10);
 
 fn run_pod(n: &CriNode, cfg: &cri::PodSandboxConfig) -> String {
-    n.client().run_pod_sandbox(cfg, HANDLER_PODNET).unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", n.c().log_tail(60)))
+    n.client()
+        .run_pod_sandbox(cfg, HANDLER_PODNET)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", n.c().log_tail(60)))
 }
 
 /// Creates and starts a container; returns its id.
 fn start(n: &CriNode, pod: &str, pod_cfg: &cri::PodSandboxConfig, cfg: cri::ContainerConfig) -> String {
-    let id = n.client().create_container(pod, &cfg, pod_cfg).unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", n.c().log_tail(60)));
+    let id = n
+        .client()
+        .create_container(pod, &cfg, pod_cfg)
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", n.c().log_tail(60)));
     n.client().start_container(&id).unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", n.c().log_tail(60)));
     id
 }
 
 /// ExecSync that must succeed; its stdout.
 fn sh(c: &CriClient, id: &str, script: &str) -> String {
-    let (out, err, code) = c.exec_sync(id, &["sh", "-c", script], 20).unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"));
+    let (out, err, code) =
+        c.exec_sync(id, &["sh", "-c", script], 20).unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"));
     assert_eq!(code, 0, "ExecSync {script:?}: exit {code}, stdout {out:?}, stderr {err:?}");
     out
 }
@@ -67,7 +73,12 @@ fn a_two_container_pod_and_its_neighbour() {
     let a = run_pod(&n, &a_cfg);
     let ip = n.pod_ip(&a);
     let server = start(&n, &a, &a_cfg, web("server", "hello-from-web"));
-    let side = start(&n, &a, &a_cfg, container_config("side", &["sh", "-c", "echo side-started; echo side-err >&2; exec sleep 3600"]));
+    let side = start(
+        &n,
+        &a,
+        &a_cfg,
+        container_config("side", &["sh", "-c", "echo side-started; echo side-err >&2; exec sleep 3600"]),
+    );
     let c = n.client();
 
     // The reported IP is the IP inside the pod, for both containers.
@@ -77,7 +88,8 @@ fn a_two_container_pod_and_its_neighbour() {
     }
     // One network namespace: the side container reaches the server on localhost.
     assert!(
-        retry(100, Duration::from_millis(50), || c.exec_sync(&side, &["sh", "-c", "timeout 5 wget -qO- http://127.0.0.1:80/"], 10)
+        retry(100, Duration::from_millis(50), || c
+            .exec_sync(&side, &["sh", "-c", "timeout 5 wget -qO- http://127.0.0.1:80/"], 10)
             .is_ok_and(|(out, _, code)| code == 0 && out.contains("hello-from-web"))),
         "the side container does not reach the server over the pod's localhost"
     );
@@ -153,7 +165,8 @@ fn twenty_pods_at_once() {
                 s.spawn(move || {
                     let c = CriClient::connect(&socket).expect("client");
                     let cfg = n.pod_config(&format!("p{i}"));
-                    let pod = c.run_pod_sandbox(&cfg, HANDLER_PODNET).unwrap_or_else(|e| panic!("RunPodSandbox p{i}: {e}"));
+                    let pod =
+                        c.run_pod_sandbox(&cfg, HANDLER_PODNET).unwrap_or_else(|e| panic!("RunPodSandbox p{i}: {e}"));
                     let ctr = c
                         .create_container(&pod, &container_config("c", &["sleep", "3600"]), &cfg)
                         .unwrap_or_else(|e| panic!("CreateContainer p{i}: {e}"));
@@ -203,7 +216,9 @@ fn runc_and_podnet_handlers_side_by_side() {
     assert!(ip_p.starts_with("10.89."), "podnet pod IP {ip_p}");
     assert_eq!(n.shim_pids().len(), 1, "only the podnet pod has a podnet shim");
     for (port, body) in [(8081, "from-runc"), (8082, "from-podnet")] {
-        let ok = retry(100, Duration::from_millis(50), || node_fetch(&n, "127.0.0.1", port).is_some_and(|s| s.contains(body)));
+        let ok = retry(100, Duration::from_millis(50), || {
+            node_fetch(&n, "127.0.0.1", port).is_some_and(|s| s.contains(body))
+        });
         assert!(ok, "hostPort {port} does not serve {body}");
     }
     let got = sh(n.client(), &p_web, &format!("timeout 5 wget -qO- http://{ip_r}:80/"));
@@ -229,7 +244,10 @@ fn a_killed_shim_still_lets_the_pod_go() {
     assert_eq!(shims.len(), 1, "{shims:?}");
     // SAFETY: kill(2) of the shim process this test's containerd runs.
     assert_eq!(unsafe { libc::kill(shims[0], libc::SIGKILL) }, 0);
-    assert!(retry(250, Duration::from_millis(20), || !podnet_tests::containerd::alive(shims[0])), "the shim survived SIGKILL");
+    assert!(
+        retry(250, Duration::from_millis(20), || !podnet_tests::containerd::alive(shims[0])),
+        "the shim survived SIGKILL"
+    );
     // As kubelet does: StopPodSandbox at once, and every call retried until it succeeds.
     // While containerd's dead-shim cleanup runs, CRI answers "container is still running" or
     // "ttrpc: closed" for a moment (its exit-event handler retries with a backoff until the
@@ -246,7 +264,8 @@ fn a_killed_shim_still_lets_the_pod_go() {
         assert!(ok, "{what} after the shim died never succeeded: {last}\n{}", n.c().log_tail(60));
     };
     until_ok("StopPodSandbox", &|| n.client().stop_pod_sandbox(&pod).map_err(|e| e.to_string()));
-    let st = wait_container_state(n.client(), &ctr, cri::ContainerState::ContainerExited, Duration::from_secs(20)).expect("status");
+    let st = wait_container_state(n.client(), &ctr, cri::ContainerState::ContainerExited, Duration::from_secs(20))
+        .expect("status");
     assert_eq!(st.state, cri::ContainerState::ContainerExited as i32, "the container of the killed shim: {st:?}");
     until_ok("RemovePodSandbox", &|| n.client().remove_pod_sandbox(&pod).map_err(|e| e.to_string()));
     assert!(n.podnet_reservations().is_empty(), "the IP is released: {:?}", n.podnet_reservations());
@@ -258,7 +277,10 @@ fn a_killed_shim_still_lets_the_pod_go() {
 #[test]
 #[ignore = "needs root"]
 fn a_broken_conflist_fails_run_pod_sandbox_with_the_cni_error() {
-    let n = CriNode::with("broken", CriNodeOptions::default().podnet_patch("/ipam/ranges/0/0/subnet", "10.89.0.0/33".into()));
+    let n = CriNode::with(
+        "broken",
+        CriNodeOptions::default().podnet_patch("/ipam/ranges/0/0/subnet", "10.89.0.0/33".into()),
+    );
     let cfg = n.pod_config("bad");
     let e = n.client().run_pod_sandbox(&cfg, HANDLER_PODNET).expect_err("RunPodSandbox with a broken conflist");
     let msg = e.message();
@@ -313,8 +335,18 @@ fn stop_with_grace_and_restart_in_the_same_pod() {
     let pod = run_pod(&n, &cfg);
     let ip = n.pod_ip(&pod);
     let c = n.client();
-    let polite = start(&n, &pod, &cfg, container_config("polite", &["sh", "-c", "trap 'echo got-term; exit 0' TERM; echo up; sleep 3600 & wait"]));
-    let stubborn = start(&n, &pod, &cfg, container_config("stubborn", &["sh", "-c", "trap '' TERM; echo up; while :; do sleep 1; done"]));
+    let polite = start(
+        &n,
+        &pod,
+        &cfg,
+        container_config("polite", &["sh", "-c", "trap 'echo got-term; exit 0' TERM; echo up; sleep 3600 & wait"]),
+    );
+    let stubborn = start(
+        &n,
+        &pod,
+        &cfg,
+        container_config("stubborn", &["sh", "-c", "trap '' TERM; echo up; while :; do sleep 1; done"]),
+    );
     for (id, name) in [(&polite, "polite"), (&stubborn, "stubborn")] {
         let log = log_file(&cfg, name);
         assert!(
@@ -329,7 +361,11 @@ fn stop_with_grace_and_restart_in_the_same_pod() {
     assert!(log.contains("got-term"), "the container saw SIGTERM: {log}");
     c.stop_container(&stubborn, 1).expect("StopContainer stubborn");
     let st = c.container_status(&stubborn).expect("status").status.expect("status");
-    assert_eq!((st.state, st.exit_code), (cri::ContainerState::ContainerExited as i32, 137), "killed after the grace period: {st:?}");
+    assert_eq!(
+        (st.state, st.exit_code),
+        (cri::ContainerState::ContainerExited as i32, 137),
+        "killed after the grace period: {st:?}"
+    );
 
     // A container that exits, then its restart (attempt 1) in the same pod.
     let crash = start(&n, &pod, &cfg, container_config("crash", &["sh", "-c", "exit 3"]));
@@ -341,7 +377,10 @@ fn stop_with_grace_and_restart_in_the_same_pod() {
         m.attempt = 1;
     }
     let restarted = start(&n, &pod, &cfg, again);
-    assert!(sh(c, &restarted, "ip -4 -o addr show eth0").contains(&format!("inet {ip}/")), "the restart runs in the pod's network");
+    assert!(
+        sh(c, &restarted, "ip -4 -o addr show eth0").contains(&format!("inet {ip}/")),
+        "the restart runs in the pod's network"
+    );
     assert_eq!(n.shim_pids_for(&pod).len(), 1);
     stop_and_remove(&n, &pod);
     n.finish();
@@ -409,7 +448,9 @@ fn containerd_1_7_pod_lifecycle() {
     let ip = n.pod_ip(&pod);
     let ctr = start(&n, &pod, &cfg, web("w", "from-1-7"));
     assert!(sh(n.client(), &ctr, "ip -4 -o addr show eth0").contains(&format!("inet {ip}/")));
-    let ok = retry(100, Duration::from_millis(50), || node_fetch(&n, "127.0.0.1", 8084).is_some_and(|s| s.contains("from-1-7")));
+    let ok = retry(100, Duration::from_millis(50), || {
+        node_fetch(&n, "127.0.0.1", 8084).is_some_and(|s| s.contains("from-1-7"))
+    });
     assert!(ok, "hostPort on containerd 1.7");
     assert_eq!(n.shim_pids_for(&pod).len(), 1);
     stop_and_remove(&n, &pod);

@@ -44,7 +44,9 @@ fn config(bundle: &Path) -> String {
 }
 
 fn no_state(env: &RtEnv) -> bool {
-    fs::read_dir(env.runtime.root()).map(|d| d.filter_map(|e| e.ok()).all(|e| e.file_name().to_string_lossy().starts_with('.'))).unwrap_or(true)
+    fs::read_dir(env.runtime.root())
+        .map(|d| d.filter_map(|e| e.ok()).all(|e| e.file_name().to_string_lossy().starts_with('.')))
+        .unwrap_or(true)
 }
 
 #[test]
@@ -261,4 +263,3 @@ fn duplicate_id_leaves_the_first_working() {
     c.delete().expect("delete");
     env.finish();
 }
-

@@ -344,7 +344,10 @@ fn pause_freezes_and_resume_thaws() {
     assert_eq!(c.status(), Status::Running);
     assert_eq!(frozen(&c), Some(false));
     let after = a.unwrap_or(0);
-    assert!(podnet_tests::retry(200, Duration::from_millis(20), || count().is_some_and(|n| n > after + 2)), "runs again");
+    assert!(
+        podnet_tests::retry(200, Duration::from_millis(20), || count().is_some_and(|n| n > after + 2)),
+        "runs again"
+    );
     assert!(c.resume().is_err(), "resuming a running container");
 
     // Deleting a paused container works too.
@@ -353,4 +356,3 @@ fn pause_freezes_and_resume_thaws() {
     let _ = reader.text();
     env.finish();
 }
-

@@ -86,7 +86,12 @@ fn members_share_pids_when_asked_and_the_pause_root_is_empty() {
     s.start().expect("start");
 
     // Same PID namespace: the pause is pid 1, the other member's sleep is visible.
-    let (code, text) = run_in_pod(&env, &pod, "ps", env.spec(&["sh", "-c", "readlink /proc/self/ns/pid; cat /proc/1/cmdline; echo; ps -o comm"]));
+    let (code, text) = run_in_pod(
+        &env,
+        &pod,
+        "ps",
+        env.spec(&["sh", "-c", "readlink /proc/self/ns/pid; cat /proc/1/cmdline; echo; ps -o comm"]),
+    );
     assert_eq!(code, 0, "{text}");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], ns_link(pause, "pid"));
@@ -96,7 +101,11 @@ fn members_share_pids_when_asked_and_the_pause_root_is_empty() {
     // Even with CAP_SYS_PTRACE (the most a member could have), the pause's root holds only
     // its private /dev, nothing of the host.
     let peek = env
-        .spec(&["sh", "-c", "ls -A /proc/1/root/; ls -A /proc/1/root/dev | tr '\\n' ' '; cat /proc/1/root/etc/hostname || echo no-etc"])
+        .spec(&[
+            "sh",
+            "-c",
+            "ls -A /proc/1/root/; ls -A /proc/1/root/dev | tr '\\n' ' '; cat /proc/1/root/etc/hostname || echo no-etc",
+        ])
         .capabilities(&["CAP_SYS_PTRACE", "CAP_KILL"]);
     let (code, text) = run_in_pod(&env, &pod, "peek", peek);
     assert_eq!(code, 0, "{text}");
@@ -111,7 +120,13 @@ fn members_share_pids_when_asked_and_the_pause_root_is_empty() {
 
     // The pause: no capabilities, not root, no new privileges, read-only root.
     let status = fs::read_to_string(format!("/proc/{pause}/status")).expect("pause status");
-    for field in ["CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "CapPrm:\t0000000000000000", "NoNewPrivs:\t1", "Uid:\t65535"] {
+    for field in [
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Uid:\t65535",
+    ] {
         assert!(status.contains(field), "pause {field}: {status}");
     }
 

@@ -184,7 +184,12 @@ fn close_stdin_ends_cat() {
     let env = RtEnv::new("stdin");
     let (inp, out) = (env.fifo("in"), env.fifo("out"));
     let r_out = Reader::open(&out);
-    let c = create(&env, "cat", &env.spec(&["cat"]), StdioConfig { stdin: Some(inp.clone()), stdout: Some(out), ..Default::default() });
+    let c = create(
+        &env,
+        "cat",
+        &env.spec(&["cat"]),
+        StdioConfig { stdin: Some(inp.clone()), stdout: Some(out), ..Default::default() },
+    );
     c.start().expect("start");
     let mut w = writer(&inp);
     write_line(&mut w, "hello stdin");
@@ -202,7 +207,12 @@ fn close_stdin_ends_cat() {
     // Without close_stdin, the client's close is the EOF.
     let (inp, out) = (env.fifo("in"), env.fifo("out"));
     let r_out = Reader::open(&out);
-    let c = create(&env, "cat2", &env.spec(&["cat"]), StdioConfig { stdin: Some(inp.clone()), stdout: Some(out), ..Default::default() });
+    let c = create(
+        &env,
+        "cat2",
+        &env.spec(&["cat"]),
+        StdioConfig { stdin: Some(inp.clone()), stdout: Some(out), ..Default::default() },
+    );
     c.start().expect("start");
     let mut w = writer(&inp);
     write_line(&mut w, "one");
@@ -226,7 +236,8 @@ fn close_stdin_keeps_what_was_written_before() {
     let (inp, out) = (env.fifo("in"), env.fifo("out"));
     let r_out = Reader::open(&out);
     let spec = env.spec(&["sh", "-c", "wc -c"]);
-    let c = create(&env, "wc", &spec, StdioConfig { stdin: Some(inp.clone()), stdout: Some(out), ..Default::default() });
+    let c =
+        create(&env, "wc", &spec, StdioConfig { stdin: Some(inp.clone()), stdout: Some(out), ..Default::default() });
     c.start().expect("start");
     let mut w = writer(&inp);
     std::io::Write::write_all(&mut w, &vec![b'y'; SIZE]).expect("write stdin");
@@ -279,7 +290,8 @@ fn exec_without_terminal() {
     assert_eq!(podnet_tests::files_in(&state), files, "the failed exec left files");
     assert_eq!(c.status(), Status::Running);
     // The same id works afterwards.
-    let ok = c.exec("bad", &process(&["true"], json!({})), StdioConfig::null(), &env.runtime).expect("exec after failure");
+    let ok =
+        c.exec("bad", &process(&["true"], json!({})), StdioConfig::null(), &env.runtime).expect("exec after failure");
     assert_eq!(ok.wait().expect("wait").code, 0);
     c.remove_exec("bad").expect("remove");
 
@@ -287,13 +299,26 @@ fn exec_without_terminal() {
     let (oa, ob) = (env.fifo("a"), env.fifo("b"));
     let (ra, rb) = (Reader::open(&oa), Reader::open(&ob));
     let a = c
-        .exec("a", &process(&["sh", "-c", "sleep 0.5; echo from-a; exit 11"], json!({})), StdioConfig { stdout: Some(oa), ..Default::default() }, &env.runtime)
+        .exec(
+            "a",
+            &process(&["sh", "-c", "sleep 0.5; echo from-a; exit 11"], json!({})),
+            StdioConfig { stdout: Some(oa), ..Default::default() },
+            &env.runtime,
+        )
         .expect("exec a");
     let b = c
-        .exec("b", &process(&["sh", "-c", "echo from-b; exit 12"], json!({})), StdioConfig { stdout: Some(ob), ..Default::default() }, &env.runtime)
+        .exec(
+            "b",
+            &process(&["sh", "-c", "echo from-b; exit 12"], json!({})),
+            StdioConfig { stdout: Some(ob), ..Default::default() },
+            &env.runtime,
+        )
         .expect("exec b");
     assert_ne!(a.pid(), b.pid());
-    assert!(matches!(c.exec("a", &process(&["true"], json!({})), StdioConfig::null(), &env.runtime), Err(Error::AlreadyExists(_))));
+    assert!(matches!(
+        c.exec("a", &process(&["true"], json!({})), StdioConfig::null(), &env.runtime),
+        Err(Error::AlreadyExists(_))
+    ));
     // b ends while a still runs.
     assert_eq!(b.wait().expect("wait b").code, 12);
     assert!(a.process().try_wait().expect("try_wait a").is_none(), "a ended early");
@@ -319,9 +344,17 @@ fn exec_with_terminal() {
 
     let (inp, out) = (env.fifo("in"), env.fifo("out"));
     let r_out = Reader::open(&out);
-    let p = process(&["sh", "-c", "read x; stty size; tty; echo got:$x"], json!({ "terminal": true, "env": [PATH_ENV, "TERM=xterm"] }));
+    let p = process(
+        &["sh", "-c", "read x; stty size; tty; echo got:$x"],
+        json!({ "terminal": true, "env": [PATH_ENV, "TERM=xterm"] }),
+    );
     let exec = c
-        .exec("tty", &p, StdioConfig { stdin: Some(inp.clone()), stdout: Some(out), ..Default::default() }, &env.runtime)
+        .exec(
+            "tty",
+            &p,
+            StdioConfig { stdin: Some(inp.clone()), stdout: Some(out), ..Default::default() },
+            &env.runtime,
+        )
         .expect("exec");
     assert!(exec.io().has_terminal());
     exec.io().resize(100, 30).expect("resize");
@@ -340,7 +373,12 @@ fn exec_with_terminal() {
     let (inp, out) = (env.fifo("in"), env.fifo("out"));
     let r_out = Reader::open(&out);
     let exec = c
-        .exec("cat", &process(&["cat"], json!({ "terminal": true })), StdioConfig { stdin: Some(inp.clone()), stdout: Some(out), ..Default::default() }, &env.runtime)
+        .exec(
+            "cat",
+            &process(&["cat"], json!({ "terminal": true })),
+            StdioConfig { stdin: Some(inp.clone()), stdout: Some(out), ..Default::default() },
+            &env.runtime,
+        )
         .expect("exec cat");
     let mut w = writer(&inp);
     write_line(&mut w, "typed");
@@ -384,7 +422,8 @@ fn init_with_terminal() {
     let (inp, out) = (env.fifo("in"), env.fifo("out"));
     let r_out = Reader::open(&out);
     let spec = env.spec(&["sh", "-c", "read x; echo got:$x"]).terminal(true);
-    let c = create(&env, "tty2", &spec, StdioConfig { stdin: Some(inp.clone()), stdout: Some(out), ..Default::default() });
+    let c =
+        create(&env, "tty2", &spec, StdioConfig { stdin: Some(inp.clone()), stdout: Some(out), ..Default::default() });
     c.start().expect("start");
     let mut w = writer(&inp);
     write_line(&mut w, "hi");
@@ -411,14 +450,16 @@ fn exited_processes_are_reaped() {
     assert!(gone(quick.pid()), "the exited exec {} is still in /proc", quick.pid());
     c.remove_exec("quick").expect("remove");
 
-    let killed = c.exec("killed", &process(&["sleep", "1000"], json!({})), StdioConfig::null(), &env.runtime).expect("exec");
+    let killed =
+        c.exec("killed", &process(&["sleep", "1000"], json!({})), StdioConfig::null(), &env.runtime).expect("exec");
     killed.process().signal(libc::SIGKILL).expect("kill exec");
     let exit = killed.wait().expect("wait");
     assert_eq!((exit.code, exit.signal), (137, Some(libc::SIGKILL)));
     assert!(gone(killed.pid()), "the killed exec {} is still in /proc", killed.pid());
     c.remove_exec("killed").expect("remove");
 
-    let left = c.exec("left", &process(&["sleep", "1000"], json!({})), StdioConfig::null(), &env.runtime).expect("exec");
+    let left =
+        c.exec("left", &process(&["sleep", "1000"], json!({})), StdioConfig::null(), &env.runtime).expect("exec");
     let all = c.pids().expect("pids");
     assert_eq!(all.len(), 4, "{all:?}");
     // delete kills and reaps the running exec too. The init of a PID namespace finishes

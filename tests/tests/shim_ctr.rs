@@ -23,12 +23,7 @@ fn stderr(o: &std::process::Output) -> String {
 fn reported_exit(o: &std::process::Output) -> Option<u32> {
     let e = stderr(o);
     let at = e.find("exit code ")? + "exit code ".len();
-    e[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()
+    e[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
 }
 
 /// Waits until `http://host:port/path` in the node namespace serves `want`.
@@ -38,11 +33,7 @@ fn wait_served(n: &PodnetNode, host: &str, port: u16, path: &str, want: &str) {
         last = http_get(n.node(), host, port, path);
         last.as_deref() == Some(want)
     });
-    assert!(
-        ok,
-        "http://{host}:{port}{path} from the node: {last:?}, want {want:?}\n{}",
-        n.c().log_tail(30)
-    );
+    assert!(ok, "http://{host}:{port}{path} from the node: {last:?}, want {want:?}\n{}", n.c().log_tail(30));
 }
 
 #[test]
@@ -53,29 +44,16 @@ fn run_serves_a_mapped_port_and_tears_down() {
     eprintln!("node up: {:?}", t0.elapsed());
     let id = unique("web");
     let token = format!("served-by-{id}");
-    let script =
-        format!("mkdir -p /srv && echo {token} > /srv/index.html && exec httpd -f -p 80 -h /srv");
+    let script = format!("mkdir -p /srv && echo {token} > /srv/index.html && exec httpd -f -p 80 -h /srv");
     let t = Instant::now();
-    n.run_detached(
-        &id,
-        &[("podnet.io/ports", "8080:80/tcp")],
-        &["sh", "-c", &script],
-    );
+    n.run_detached(&id, &[("podnet.io/ports", "8080:80/tcp")], &["sh", "-c", &script]);
     eprintln!("ctr run -d: {:?}", t.elapsed());
 
     // One shim; the pod's namespace; an address of the conflist's subnet, reserved.
     assert_eq!(n.shim_pids().len(), 1, "shims: {:?}", n.shim_pids());
-    assert!(
-        PodnetNode::netns_path(&id).exists(),
-        "no {}",
-        PodnetNode::netns_path(&id).display()
-    );
+    assert!(PodnetNode::netns_path(&id).exists(), "no {}", PodnetNode::netns_path(&id).display());
     let ip = n.pod_ip(&id);
-    assert!(
-        ip.starts_with(&format!("{}.", n.subnet)) && ip != n.gateway(),
-        "pod IP {ip} not in {}.0/24",
-        n.subnet
-    );
+    assert!(ip.starts_with(&format!("{}.", n.subnet)) && ip != n.gateway(), "pod IP {ip} not in {}.0/24", n.subnet);
     assert_eq!(n.reservations(), vec![ip.clone()]);
     let row = n.task(&id).expect("task listed");
     assert_eq!(row.status, "RUNNING");
@@ -96,10 +74,7 @@ fn run_serves_a_mapped_port_and_tears_down() {
     n.ctr_ok(&["container", "rm", &id]);
     eprintln!("kill + rm: {:?}", t.elapsed());
     assert!(!alive(row.pid), "the container's init {} survived", row.pid);
-    assert!(
-        http_get(n.node(), "127.0.0.1", 8080, "/index.html").is_none(),
-        "the port is still mapped"
-    );
+    assert!(http_get(n.node(), "127.0.0.1", 8080, "/index.html").is_none(), "the port is still mapped");
     n.assert_clean();
     n.finish();
     eprintln!("total: {:?}", t0.elapsed());
@@ -107,11 +82,7 @@ fn run_serves_a_mapped_port_and_tears_down() {
 
 fn ppid(pid: i32) -> i32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 #[test]
@@ -124,7 +95,8 @@ fn two_containers_of_one_pod_share_a_shim_and_the_network() {
     let ann = [("podnet.io/pod", pod.as_str())];
     // A serves on 127.0.0.1 only (retrying while the address cannot be bound, so that A stays
     // up and a missing loopback shows as such below).
-    let server = "mkdir -p /srv && echo from-a > /srv/t && while :; do httpd -f -p 127.0.0.1:7000 -h /srv; sleep 0.1; done";
+    let server =
+        "mkdir -p /srv && echo from-a > /srv/t && while :; do httpd -f -p 127.0.0.1:7000 -h /srv; sleep 0.1; done";
     n.run_detached(&a, &ann, &["sh", "-c", server]);
     n.run_detached(&b, &ann, &["sleep", "600"]);
 
@@ -132,25 +104,15 @@ fn two_containers_of_one_pod_share_a_shim_and_the_network() {
     assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
     let rows = n.tasks();
     for id in [&a, &b] {
-        let r = rows
-            .iter()
-            .find(|r| &r.id == id)
-            .unwrap_or_else(|| panic!("no task {id}: {rows:?}"));
+        let r = rows.iter().find(|r| &r.id == id).unwrap_or_else(|| panic!("no task {id}: {rows:?}"));
         assert_eq!(r.status, "RUNNING", "{r:?}");
         assert_eq!(ppid(r.pid), shims[0], "{id}'s init is not the shim's child");
     }
     let (ip_a, ip_b) = (n.pod_ip(&a), n.pod_ip(&b));
     assert_eq!(ip_a, ip_b, "the members of a pod share its network");
-    assert_eq!(
-        n.reservations(),
-        vec![ip_a.clone()],
-        "one address for the pod"
-    );
+    assert_eq!(n.reservations(), vec![ip_a.clone()], "one address for the pod");
     assert!(PodnetNode::netns_path(&a).exists());
-    assert!(
-        !PodnetNode::netns_path(&b).exists(),
-        "the second member got a namespace of its own"
-    );
+    assert!(!PodnetNode::netns_path(&b).exists(), "the second member got a namespace of its own");
     // The pod's loopback is up, with 127.0.0.1 (containerd's CRI always sets it up, whatever
     // the conflist; a pod's containers talk to each other over it).
     let lo = n.exec_ok(&b, &["ip", "-o", "addr", "show", "lo"]);
@@ -162,18 +124,7 @@ fn two_containers_of_one_pod_share_a_shim_and_the_network() {
     // B reaches A's server on 127.0.0.1 (bound to it only).
     let mut got = String::new();
     let ok = retry(50, Duration::from_millis(100), || {
-        got = stdout(&n.exec(
-            &b,
-            &[
-                "timeout",
-                "5",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                "http://127.0.0.1:7000/t",
-            ],
-        ));
+        got = stdout(&n.exec(&b, &["timeout", "5", "wget", "-q", "-O", "-", "http://127.0.0.1:7000/t"]));
         got.trim() == "from-a"
     });
     assert!(ok, "B -> 127.0.0.1:7000 of A: {got:?}");
@@ -200,10 +151,7 @@ fn exec_signals_exit_codes_metrics_and_pause() {
     let trap = "trap 'exit 3' TERM; while :; do sleep 0.1; done";
     let mut init = spawn_attached(
         n.c(),
-        &n.run_args(false, &id, &[], &[], &["sh", "-c", trap])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        &n.run_args(false, &id, &[], &[], &["sh", "-c", trap]).iter().map(String::as_str).collect::<Vec<_>>(),
     );
     n.wait_status(&id, "RUNNING", Duration::from_secs(10));
 
@@ -214,19 +162,9 @@ fn exec_signals_exit_codes_metrics_and_pause() {
     let o = n.exec(&id, &["sh", "-c", "[ -t 1 ] && echo tty || echo no-tty"]);
     assert_eq!(stdout(&o).trim(), "no-tty");
     // exec with a terminal.
-    let (code, text) = n.exec_tty(
-        &id,
-        &[
-            "sh",
-            "-c",
-            "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; tty; exit 5",
-        ],
-    );
+    let (code, text) = n.exec_tty(&id, &["sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; tty; exit 5"]);
     assert_eq!(code, 5, "{text}");
-    assert!(
-        text.contains("is-a-tty") && text.contains("/dev/pts/"),
-        "{text:?}"
-    );
+    assert!(text.contains("is-a-tty") && text.contains("/dev/pts/"), "{text:?}");
     let (code, text) = n.exec_tty(&id, &["echo", "hello-tty"]);
     assert_eq!((code, text.trim()), (0, "hello-tty"), "{text:?}");
     // A command that does not exist.
@@ -237,10 +175,7 @@ fn exec_signals_exit_codes_metrics_and_pause() {
     let m = n.ctr_ok(&["task", "metrics", &id]);
     let usage = m
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("memory.usage_in_bytes")
-                .or_else(|| l.strip_prefix("memory.usage"))
-        })
+        .find_map(|l| l.strip_prefix("memory.usage_in_bytes").or_else(|| l.strip_prefix("memory.usage")))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no memory usage in `ctr task metrics`:\n{m}"));
     assert!(usage > 0, "{m}");
@@ -256,11 +191,7 @@ fn exec_signals_exit_codes_metrics_and_pause() {
     // SIGTERM to an init with a handler: its exit code, as `ctr run` (which waits for the
     // task, then deletes it) reports it.
     n.ctr_ok(&["task", "kill", "-s", "TERM", &id]);
-    assert_eq!(
-        init.wait(Duration::from_secs(10)),
-        Some(3),
-        "ctr run's exit code after SIGTERM"
-    );
+    assert_eq!(init.wait(Duration::from_secs(10)), Some(3), "ctr run's exit code after SIGTERM");
     assert!(n.task(&id).is_none(), "ctr run left its task");
     n.ctr_ok(&["container", "rm", &id]);
 
@@ -270,10 +201,7 @@ fn exec_signals_exit_codes_metrics_and_pause() {
     n.ctr_ok(&["task", "kill", "-s", "KILL", &id2]);
     n.wait_status(&id2, "STOPPED", Duration::from_secs(10));
     let o = n.ctr(&["task", "rm", &id2]);
-    assert!(
-        o.status.success() && reported_exit(&o) == Some(137),
-        "ctr task rm: {o:?}"
-    );
+    assert!(o.status.success() && reported_exit(&o) == Some(137), "ctr task rm: {o:?}");
     n.ctr_ok(&["container", "rm", &id2]);
     // SIGTERM of a detached task: STOPPED with the handler's code.
     let id3 = unique("ex");
@@ -281,10 +209,7 @@ fn exec_signals_exit_codes_metrics_and_pause() {
     n.ctr_ok(&["task", "kill", &id3]);
     n.wait_status(&id3, "STOPPED", Duration::from_secs(10));
     let o = n.ctr(&["task", "rm", &id3]);
-    assert!(
-        o.status.success() && reported_exit(&o) == Some(3),
-        "ctr task rm: {o:?}"
-    );
+    assert!(o.status.success() && reported_exit(&o) == Some(3), "ctr task rm: {o:?}");
     n.ctr_ok(&["container", "rm", &id3]);
     drop(init);
     n.assert_clean();
@@ -308,11 +233,7 @@ fn events_arrive_in_order_and_oom_is_reported() {
     n.wait_status(&id, "STOPPED", Duration::from_secs(10));
     n.ctr_ok(&["task", "rm", &id]);
     n.ctr_ok(&["container", "rm", &id]);
-    assert!(
-        events.wait_for(&id, "/tasks/delete", Duration::from_secs(5)),
-        "no /tasks/delete: {:#?}",
-        events.lines()
-    );
+    assert!(events.wait_for(&id, "/tasks/delete", Duration::from_secs(5)), "no /tasks/delete: {:#?}", events.lines());
     let evs = events.task_events(&id);
     let topics: Vec<&str> = evs.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
@@ -333,17 +254,9 @@ fn events_arrive_in_order_and_oom_is_reported() {
     let exec_id = evs[2].1["exec_id"].as_str().unwrap_or_default().to_string();
     assert!(!exec_id.is_empty(), "{evs:#?}");
     assert_eq!(evs[3].1["exec_id"].as_str(), Some(exec_id.as_str()));
-    assert_eq!(
-        evs[4].1["id"].as_str(),
-        Some(exec_id.as_str()),
-        "the first exit is the exec's: {evs:#?}"
-    );
+    assert_eq!(evs[4].1["id"].as_str(), Some(exec_id.as_str()), "the first exit is the exec's: {evs:#?}");
     assert_eq!(evs[4].1["exit_status"].as_u64(), Some(4), "{evs:#?}");
-    assert_eq!(
-        evs[7].1["id"].as_str(),
-        Some(id.as_str()),
-        "the second exit is the init's: {evs:#?}"
-    );
+    assert_eq!(evs[7].1["id"].as_str(), Some(id.as_str()), "the second exit is the init's: {evs:#?}");
     assert_eq!(evs[7].1["exit_status"].as_u64(), Some(137), "{evs:#?}");
     let init_pid = evs[0].1["pid"].as_u64();
     assert!(init_pid.is_some_and(|p| p > 0), "{evs:#?}");
@@ -357,24 +270,13 @@ fn events_arrive_in_order_and_oom_is_reported() {
         &[],
         &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
     );
-    assert!(
-        events.wait_for(&oom, "/tasks/exit", Duration::from_secs(10)),
-        "dd did not exit: {:#?}",
-        events.lines()
-    );
+    assert!(events.wait_for(&oom, "/tasks/exit", Duration::from_secs(10)), "dd did not exit: {:#?}", events.lines());
     let evs = events.task_events(&oom);
     let topics: Vec<&str> = evs.iter().map(|(t, _)| t.as_str()).collect();
     let at_oom = topics.iter().position(|t| *t == "/tasks/oom");
     let at_exit = topics.iter().position(|t| *t == "/tasks/exit");
-    assert!(
-        at_oom.is_some() && at_oom < at_exit,
-        "want /tasks/oom before /tasks/exit: {evs:#?}"
-    );
-    assert_eq!(
-        evs[at_exit.unwrap_or(0)].1["exit_status"].as_u64(),
-        Some(137),
-        "{evs:#?}"
-    );
+    assert!(at_oom.is_some() && at_oom < at_exit, "want /tasks/oom before /tasks/exit: {evs:#?}");
+    assert_eq!(evs[at_exit.unwrap_or(0)].1["exit_status"].as_u64(), Some(137), "{evs:#?}");
     n.wait_status(&oom, "STOPPED", Duration::from_secs(5));
     n.ctr_ok(&["task", "rm", &oom]);
     n.ctr_ok(&["container", "rm", &oom]);
@@ -405,21 +307,11 @@ fn a_pod_survives_a_containerd_restart() {
     n.c_mut().restart();
     eprintln!("restart: {:?}", t.elapsed());
     let after = n.task(&id).expect("task after the restart");
-    assert_eq!(
-        (after.pid, after.status.as_str()),
-        (row.pid, "RUNNING"),
-        "{after:?}"
-    );
+    assert_eq!((after.pid, after.status.as_str()), (row.pid, "RUNNING"), "{after:?}");
     assert_eq!(n.shim_pids(), shims, "the same shim serves the pod");
-    assert_eq!(
-        n.exec_ok(&id, &["echo", "after-restart"]).trim(),
-        "after-restart"
-    );
+    assert_eq!(n.exec_ok(&id, &["echo", "after-restart"]).trim(), "after-restart");
     assert_eq!(n.pod_ip(&id), ip);
-    assert!(
-        pings(n.node(), &ip),
-        "the pod IP {ip} does not answer after the restart"
-    );
+    assert!(pings(n.node(), &ip), "the pod IP {ip} does not answer after the restart");
     wait_served(&n, "127.0.0.1", 8080, "/i", "up");
 
     n.remove(&id);
@@ -448,27 +340,14 @@ fn a_killed_shim_is_cleaned_up_by_delete() {
     let mut last = None;
     let noticed = retry(250, Duration::from_millis(40), || {
         last = n.task(&id);
-        last.as_ref()
-            .is_none_or(|r| r.status == "STOPPED" || r.status == "UNKNOWN")
+        last.as_ref().is_none_or(|r| r.status == "STOPPED" || r.status == "UNKNOWN")
     });
-    assert!(
-        noticed,
-        "containerd did not notice the dead shim: {last:?}\n{}",
-        n.c().log_tail(40)
-    );
+    assert!(noticed, "containerd did not notice the dead shim: {last:?}\n{}", n.c().log_tail(40));
     // containerd drops the task first, then runs the shim's `delete`, then removes the bundle.
     let bundle = n.bundle(&id);
     let deleted = retry(250, Duration::from_millis(40), || !bundle.exists());
-    assert!(
-        deleted,
-        "the bundle {} is still there\n{}",
-        bundle.display(),
-        n.c().log_tail(40)
-    );
-    eprintln!(
-        "noticed and cleaned up after {:?}: {last:?}",
-        t_kill.elapsed()
-    );
+    assert!(deleted, "the bundle {} is still there\n{}", bundle.display(), n.c().log_tail(40));
+    eprintln!("noticed and cleaned up after {:?}: {last:?}", t_kill.elapsed());
     if n.task(&id).is_some() {
         let o = n.ctr(&["task", "rm", &id]);
         if !o.status.success() {
@@ -477,20 +356,9 @@ fn a_killed_shim_is_cleaned_up_by_delete() {
         }
     }
     n.ctr_ok(&["container", "rm", &id]);
-    assert!(
-        retry(100, Duration::from_millis(20), || !alive(row.pid)),
-        "the container's sleep {} survived",
-        row.pid
-    );
-    assert_eq!(
-        n.reservations(),
-        Vec::<String>::new(),
-        "the IP is still reserved"
-    );
-    assert!(
-        !PodnetNode::netns_path(&id).exists(),
-        "the pod's namespace is left"
-    );
+    assert!(retry(100, Duration::from_millis(20), || !alive(row.pid)), "the container's sleep {} survived", row.pid);
+    assert_eq!(n.reservations(), Vec::<String>::new(), "the IP is still reserved");
+    assert!(!PodnetNode::netns_path(&id).exists(), "the pod's namespace is left");
     n.assert_clean();
     n.finish();
     eprintln!("total: {:?}", t0.elapsed());
@@ -505,35 +373,18 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     let bad_dir = n.dir().join("bad.d");
     std::fs::create_dir_all(&bad_dir).expect("bad conf dir");
     let bad_file = bad_dir.join("00-broken.conflist");
-    std::fs::write(&bad_file, "{\"cniVersion\": \"1.1.0\", \"name\": ")
-        .expect("write broken conflist");
+    std::fs::write(&bad_file, "{\"cniVersion\": \"1.1.0\", \"name\": ").expect("write broken conflist");
     let bad_cfg = n.dir().join("bad.toml");
     std::fs::write(&bad_cfg, n.config_toml(&bad_dir)).expect("write bad config");
     let id = unique("bj");
     let cfg = bad_cfg.to_string_lossy().into_owned();
-    let args = n.run_args(
-        true,
-        &id,
-        &["--runtime-config-path", &cfg],
-        &[],
-        &["sleep", "600"],
-    );
+    let args = n.run_args(true, &id, &["--runtime-config-path", &cfg], &[], &["sleep", "600"]);
     let o = n.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(
-        !o.status.success(),
-        "ctr run with a broken conflist succeeded: {o:?}"
-    );
+    assert!(!o.status.success(), "ctr run with a broken conflist succeeded: {o:?}");
     let err = stderr(&o);
-    assert!(
-        err.contains(&bad_file.display().to_string()),
-        "the error does not name {}: {err}",
-        bad_file.display()
-    );
+    assert!(err.contains(&bad_file.display().to_string()), "the error does not name {}: {err}", bad_file.display());
     eprintln!("broken conflist: {}", err.trim());
-    if n.ctr_ok(&["container", "ls", "-q"])
-        .lines()
-        .any(|l| l.trim() == id)
-    {
+    if n.ctr_ok(&["container", "ls", "-q"]).lines().any(|l| l.trim() == id) {
         n.ctr_ok(&["container", "rm", &id]);
     }
     n.assert_clean();
@@ -541,31 +392,12 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     // A rootfs that does not exist.
     let id = unique("br");
     n.track(&id, &[]);
-    let o = n.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--rootfs",
-        "/nonexistent/rootfs",
-        &id,
-        "sleep",
-        "600",
-    ]);
-    assert!(
-        !o.status.success(),
-        "ctr run with a missing rootfs succeeded: {o:?}"
-    );
+    let o = n.ctr(&["run", "-d", "--runtime", RUNTIME, "--rootfs", "/nonexistent/rootfs", &id, "sleep", "600"]);
+    assert!(!o.status.success(), "ctr run with a missing rootfs succeeded: {o:?}");
     let err = stderr(&o);
-    assert!(
-        err.contains("/nonexistent/rootfs"),
-        "the error does not name the rootfs: {err}"
-    );
+    assert!(err.contains("/nonexistent/rootfs"), "the error does not name the rootfs: {err}");
     eprintln!("missing rootfs: {}", err.trim());
-    if n.ctr_ok(&["container", "ls", "-q"])
-        .lines()
-        .any(|l| l.trim() == id)
-    {
+    if n.ctr_ok(&["container", "ls", "-q"]).lines().any(|l| l.trim() == id) {
         n.ctr_ok(&["container", "rm", &id]);
     }
     n.assert_clean();

@@ -91,7 +91,9 @@ impl EventServer {
                         let (ev, bd, st) = (ev.clone(), bd.clone(), st.clone());
                         conns.push(std::thread::spawn(move || serve_events(s, ev, bd, st)));
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
                     Err(_) => break,
                 }
             }
@@ -123,7 +125,12 @@ impl Drop for EventServer {
     }
 }
 
-fn serve_events(mut s: UnixStream, events: Arc<Mutex<Vec<Event>>>, bad: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool>) {
+fn serve_events(
+    mut s: UnixStream,
+    events: Arc<Mutex<Vec<Event>>>,
+    bad: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+) {
     if s.set_nonblocking(false).is_err() || s.set_read_timeout(Some(Duration::from_millis(50))).is_err() {
         return;
     }
@@ -176,7 +183,11 @@ fn serve_events(mut s: UnixStream, events: Arc<Mutex<Vec<Event>>>, bad: Arc<Mute
         match s.read(&mut chunk) {
             Ok(0) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => return,
         }
     }
@@ -416,7 +427,11 @@ impl Env {
             Ok(s) => format!("{:?}", s.trim_end()),
             Err(_) => format!("{} bytes", out.stdout.len()),
         };
-        eprintln!("shim {action} {id}: {}, stdout {stdout}, stderr {:?}", out.status, String::from_utf8_lossy(&out.stderr).trim_end());
+        eprintln!(
+            "shim {action} {id}: {}, stdout {stdout}, stderr {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
         out
     }
 
@@ -443,9 +458,13 @@ impl Env {
         for e in rd.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
             let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-            let args: Vec<String> =
-                raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            if args.iter().any(|a| a == &self.address) && args.iter().any(|a| a.ends_with("containerd-shim-podnet-v2")) {
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.iter().any(|a| a == &self.address) && args.iter().any(|a| a.ends_with("containerd-shim-podnet-v2"))
+            {
                 out.push((pid, args));
             }
         }
@@ -511,7 +530,9 @@ impl Env {
             let _ = fs::remove_dir(&cg);
         }
         let mut sockets = self.sockets.lock().map(|s| s.clone()).unwrap_or_default();
-        sockets.extend(bundles.iter().map(|(id, _)| wire::socket_path(&socket_address(&self.address, &self.namespace, id))));
+        sockets.extend(
+            bundles.iter().map(|(id, _)| wire::socket_path(&socket_address(&self.address, &self.namespace, id))),
+        );
         sockets.sort();
         sockets.dedup();
         for socket in sockets.iter().filter(|s| s.exists()) {
@@ -572,10 +593,14 @@ fn id_req<R: Message + Default>(set: impl FnOnce(&mut R)) -> R {
 }
 
 fn state(c: &mut Client, id: &str, exec_id: &str) -> Result<StateResponse, RpcError> {
-    call(c, "State", &id_req(|r: &mut StateRequest| {
-        r.id = id.into();
-        r.exec_id = exec_id.into();
-    }))
+    call(
+        c,
+        "State",
+        &id_req(|r: &mut StateRequest| {
+            r.id = id.into();
+            r.exec_id = exec_id.into();
+        }),
+    )
 }
 
 fn shutdown(c: &mut Client, id: &str) {
@@ -697,7 +722,8 @@ fn protocol_lifecycle_and_event_order() {
     assert_eq!(env.daemons(), vec![daemon], "exactly one daemon, the one in shim.pid");
     let mut c = connect(&socket);
 
-    let r: ConnectResponse = call(&mut c, "Connect", &id_req(|r: &mut ConnectRequest| r.id = id.clone())).expect("Connect");
+    let r: ConnectResponse =
+        call(&mut c, "Connect", &id_req(|r: &mut ConnectRequest| r.id = id.clone())).expect("Connect");
     assert_eq!(r.shim_pid, daemon as u32, "Connect names the daemon");
     assert!(!r.version.is_empty(), "Connect reports a version");
     assert_eq!(r.task_pid, 0, "no task yet");
@@ -708,7 +734,8 @@ fn protocol_lifecycle_and_event_order() {
     let mut req = create_req(&b);
     req.stdout = out_fifo.display().to_string();
     req.stderr = err_fifo.display().to_string();
-    let created: CreateTaskResponse = call(&mut c, "Create", &req).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
+    let created: CreateTaskResponse =
+        call(&mut c, "Create", &req).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
     let pid = created.pid as i32;
     assert!(pid > 0 && alive(pid), "Create returned pid {pid}");
     assert_eq!(env.events().topics(), ["/tasks/create"], "Create's event is sent before the reply");
@@ -718,27 +745,36 @@ fn protocol_lifecycle_and_event_order() {
     let cg = cgroup_dirs(&env.cgroup(&id));
     assert!(!cg.is_empty(), "the container's cgroup {} exists", env.cgroup(&id));
 
-    let started: StartResponse = call(&mut c, "Start", &id_req(|r: &mut StartRequest| r.id = id.clone())).expect("Start");
+    let started: StartResponse =
+        call(&mut c, "Start", &id_req(|r: &mut StartRequest| r.id = id.clone())).expect("Start");
     assert_eq!(started.pid as i32, pid);
     let waited: WaitResponse = call(&mut c, "Wait", &id_req(|r: &mut WaitRequest| r.id = id.clone())).expect("Wait");
     assert_eq!(waited.exit_status, 3, "Wait returns sh's exit code");
     assert!(waited.exited_at.is_some(), "Wait sets exited_at");
 
-    assert_eq!((out_reader.text().as_str(), err_reader.text().as_str()), ("out\n", "err\n"), "the process's stdout and stderr");
+    assert_eq!(
+        (out_reader.text().as_str(), err_reader.text().as_str()),
+        ("out\n", "err\n"),
+        "the process's stdout and stderr"
+    );
     let st = state(&mut c, &id, "").expect("State after exit");
     assert_eq!(st.status.enum_value_or_default(), TaskStatus::STOPPED);
     assert_eq!(st.exit_status, 3);
     assert!(st.exited_at.is_some());
     assert_eq!((st.stdout.as_str(), st.stderr.as_str()), (out_fifo.to_str().unwrap(), err_fifo.to_str().unwrap()));
 
-    let deleted: DeleteResponse = call(&mut c, "Delete", &id_req(|r: &mut DeleteRequest| r.id = id.clone())).expect("Delete");
+    let deleted: DeleteResponse =
+        call(&mut c, "Delete", &id_req(|r: &mut DeleteRequest| r.id = id.clone())).expect("Delete");
     assert_eq!((deleted.exit_status, deleted.pid as i32), (3, pid));
     assert!(deleted.exited_at.is_some());
     let gone = state(&mut c, &id, "").expect_err("State of a deleted task");
     assert_eq!(gone.code, Code::NOT_FOUND, "{gone}");
     assert!(env.runtime_state().is_empty(), "runtime state after Delete: {:?}", env.runtime_state());
     assert!(!b.record().exists(), "Delete removes the bundle record");
-    assert!(podnet_tests::retry(100, Duration::from_millis(10), || cgroup_dirs(&env.cgroup(&id)).is_empty()), "cgroup left after Delete");
+    assert!(
+        podnet_tests::retry(100, Duration::from_millis(10), || cgroup_dirs(&env.cgroup(&id)).is_empty()),
+        "cgroup left after Delete"
+    );
 
     shutdown(&mut c, &id);
     drop(c);
@@ -749,11 +785,17 @@ fn protocol_lifecycle_and_event_order() {
     assert_eq!(topics, ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]);
     assert_event_envelopes(&env, &events);
     let create: TaskCreate = events[0].decode();
-    assert_eq!((create.container_id.as_str(), create.pid as i32, create.bundle.as_str()), (id.as_str(), pid, b.dir.to_str().unwrap()));
+    assert_eq!(
+        (create.container_id.as_str(), create.pid as i32, create.bundle.as_str()),
+        (id.as_str(), pid, b.dir.to_str().unwrap())
+    );
     let start: TaskStart = events[1].decode();
     assert_eq!((start.container_id.as_str(), start.pid as i32), (id.as_str(), pid));
     let exit: TaskExit = events[2].decode();
-    assert_eq!((exit.container_id.as_str(), exit.id.as_str(), exit.pid as i32, exit.exit_status), (id.as_str(), id.as_str(), pid, 3));
+    assert_eq!(
+        (exit.container_id.as_str(), exit.id.as_str(), exit.pid as i32, exit.exit_status),
+        (id.as_str(), id.as_str(), pid, 3)
+    );
     assert!(exit.exited_at.is_some());
     let delete: TaskDelete = events[3].decode();
     assert_eq!((delete.container_id.as_str(), delete.pid as i32, delete.exit_status), (id.as_str(), pid, 3));
@@ -774,7 +816,8 @@ fn exec_kill_pids_and_early_shutdown() {
     let (_, socket) = env.start(&b);
     let daemon = b.shim_pid().expect("shim.pid");
     let mut c = connect(&socket);
-    let created: CreateTaskResponse = call(&mut c, "Create", &create_req(&b)).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
+    let created: CreateTaskResponse =
+        call(&mut c, "Create", &create_req(&b)).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
     let init = created.pid as i32;
     let _: StartResponse = call(&mut c, "Start", &id_req(|r: &mut StartRequest| r.id = id.clone())).expect("Start");
 
@@ -795,17 +838,25 @@ fn exec_kill_pids_and_early_shutdown() {
     let st = state(&mut c, &id, "e1").expect("State of the exec");
     assert_eq!(st.status.enum_value_or_default(), TaskStatus::CREATED);
 
-    let started: StartResponse = call(&mut c, "Start", &id_req(|r: &mut StartRequest| {
-        r.id = id.clone();
-        r.exec_id = "e1".into();
-    }))
+    let started: StartResponse = call(
+        &mut c,
+        "Start",
+        &id_req(|r: &mut StartRequest| {
+            r.id = id.clone();
+            r.exec_id = "e1".into();
+        }),
+    )
     .unwrap_or_else(|e| panic!("Start of the exec: {e}\n{}", b.log()));
     let exec_pid = started.pid as i32;
     assert!(exec_pid > 0 && exec_pid != init, "exec pid {exec_pid} (init {init})");
-    let waited: WaitResponse = call(&mut c, "Wait", &id_req(|r: &mut WaitRequest| {
-        r.id = id.clone();
-        r.exec_id = "e1".into();
-    }))
+    let waited: WaitResponse = call(
+        &mut c,
+        "Wait",
+        &id_req(|r: &mut WaitRequest| {
+            r.id = id.clone();
+            r.exec_id = "e1".into();
+        }),
+    )
     .expect("Wait for the exec");
     assert_eq!(waited.exit_status, 5);
     let st = state(&mut c, &id, "e1").expect("State of the exited exec");
@@ -825,16 +876,24 @@ fn exec_kill_pids_and_early_shutdown() {
     assert!(listed.contains(&init), "Pids {listed:?} lacks the init {init}");
     assert!(!listed.contains(&exec_pid), "Pids {listed:?} still lists the exited exec {exec_pid}");
 
-    let deleted: DeleteResponse = call(&mut c, "Delete", &id_req(|r: &mut DeleteRequest| {
-        r.id = id.clone();
-        r.exec_id = "e1".into();
-    }))
+    let deleted: DeleteResponse = call(
+        &mut c,
+        "Delete",
+        &id_req(|r: &mut DeleteRequest| {
+            r.id = id.clone();
+            r.exec_id = "e1".into();
+        }),
+    )
     .expect("Delete of the exec");
     assert_eq!((deleted.exit_status, deleted.pid as i32), (5, exec_pid));
-    let e = call::<DeleteResponse>(&mut c, "Delete", &id_req(|r: &mut DeleteRequest| {
-        r.id = id.clone();
-        r.exec_id = "e1".into();
-    }))
+    let e = call::<DeleteResponse>(
+        &mut c,
+        "Delete",
+        &id_req(|r: &mut DeleteRequest| {
+            r.id = id.clone();
+            r.exec_id = "e1".into();
+        }),
+    )
     .expect_err("a second Delete of the exec");
     assert_eq!(e.code, Code::NOT_FOUND, "{e}");
 
@@ -853,7 +912,8 @@ fn exec_kill_pids_and_early_shutdown() {
     assert_eq!(waited.exit_status, 137);
     let e = call::<Empty>(&mut c, "Kill", &kill("", 9)).expect_err("Kill of the exited init");
     assert_eq!(e.code, Code::NOT_FOUND, "{e}");
-    let deleted: DeleteResponse = call(&mut c, "Delete", &id_req(|r: &mut DeleteRequest| r.id = id.clone())).expect("Delete");
+    let deleted: DeleteResponse =
+        call(&mut c, "Delete", &id_req(|r: &mut DeleteRequest| r.id = id.clone())).expect("Delete");
     assert_eq!(deleted.exit_status, 137);
     shutdown(&mut c, &id);
     drop(c);
@@ -863,7 +923,15 @@ fn exec_kill_pids_and_early_shutdown() {
     let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
     assert_eq!(
         topics,
-        ["/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started", "/tasks/exit", "/tasks/exit", "/tasks/delete"]
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+            "/tasks/exit",
+            "/tasks/delete"
+        ]
     );
     assert_event_envelopes(&env, &events);
     let added: TaskExecAdded = events[2].decode();
@@ -871,7 +939,10 @@ fn exec_kill_pids_and_early_shutdown() {
     let es: TaskExecStarted = events[3].decode();
     assert_eq!((es.container_id.as_str(), es.exec_id.as_str(), es.pid as i32), (id.as_str(), "e1", exec_pid));
     let exit: TaskExit = events[4].decode();
-    assert_eq!((exit.container_id.as_str(), exit.id.as_str(), exit.pid as i32, exit.exit_status), (id.as_str(), "e1", exec_pid, 5));
+    assert_eq!(
+        (exit.container_id.as_str(), exit.id.as_str(), exit.pid as i32, exit.exit_status),
+        (id.as_str(), "e1", exec_pid, 5)
+    );
     let exit: TaskExit = events[5].decode();
     assert_eq!((exit.id.as_str(), exit.pid as i32, exit.exit_status), (id.as_str(), init, 137));
     env.finish();
@@ -888,12 +959,15 @@ fn delete_of_a_created_task_answers_its_waiter() {
     let (_, socket) = env.start(&b);
     let daemon = b.shim_pid().expect("shim.pid");
     let mut c = connect(&socket);
-    let created: CreateTaskResponse = call(&mut c, "Create", &create_req(&b)).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
+    let created: CreateTaskResponse =
+        call(&mut c, "Create", &create_req(&b)).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
     let pid = created.pid as i32;
     // Wait on a second connection, as containerd does: it is answered when the task goes.
     let mut waiter = connect(&socket);
     let wid = id.clone();
-    let wait = std::thread::spawn(move || call::<WaitResponse>(&mut waiter, "Wait", &id_req(|r: &mut WaitRequest| r.id = wid)));
+    let wait = std::thread::spawn(move || {
+        call::<WaitResponse>(&mut waiter, "Wait", &id_req(|r: &mut WaitRequest| r.id = wid))
+    });
     std::thread::sleep(Duration::from_millis(100));
     assert!(!wait.is_finished(), "Wait returned for a task that never ran");
     let deleted: DeleteResponse = call(&mut c, "Delete", &id_req(|r: &mut DeleteRequest| r.id = id.clone()))
@@ -932,7 +1006,8 @@ fn a_sandbox_without_a_pause_binary_runs_the_embedded_pause() {
     let (_, socket) = env.start(&b);
     let daemon = b.shim_pid().expect("shim.pid");
     let mut c = connect(&socket);
-    let created: CreateTaskResponse = call(&mut c, "Create", &create_req(&b)).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
+    let created: CreateTaskResponse =
+        call(&mut c, "Create", &create_req(&b)).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
     let started: StartResponse = call(&mut c, "Start", &id_req(|r: &mut StartRequest| r.id = id.clone()))
         .unwrap_or_else(|e| panic!("Start: {e}\n{}", b.log()));
     let pid = started.pid as i32;
@@ -944,10 +1019,14 @@ fn a_sandbox_without_a_pause_binary_runs_the_embedded_pause() {
     // is dropped by the kernel: wait until it waits for signals.
     let waiting = || fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default().contains("sigtimedwait");
     assert!(podnet_tests::retry(500, Duration::from_millis(10), waiting), "the pause never waited for signals");
-    let _: Empty = call(&mut c, "Kill", &id_req(|r: &mut KillRequest| {
-        r.id = id.clone();
-        r.signal = libc::SIGTERM as u32;
-    }))
+    let _: Empty = call(
+        &mut c,
+        "Kill",
+        &id_req(|r: &mut KillRequest| {
+            r.id = id.clone();
+            r.signal = libc::SIGTERM as u32;
+        }),
+    )
     .expect("Kill");
     let waited: WaitResponse = call(&mut c, "Wait", &id_req(|r: &mut WaitRequest| r.id = id.clone())).expect("Wait");
     assert_eq!(waited.exit_status, 0, "the pause exits 0 on SIGTERM");
@@ -973,7 +1052,11 @@ fn grouped_containers_share_one_shim() {
     let (addr_a, sock_a) = env.start(&ba);
     let (addr_b, _) = env.start(&bb);
     assert_eq!(addr_a, addr_b, "two containers of one pod get one shim");
-    assert_eq!(addr_a, socket_address(&env.address, &env.namespace, "grp"), "the pod's address comes from the annotation");
+    assert_eq!(
+        addr_a,
+        socket_address(&env.address, &env.namespace, "grp"),
+        "the pod's address comes from the annotation"
+    );
     let (addr_c, sock_c) = env.start(&bc);
     assert_ne!(addr_c, addr_a, "a container of no pod gets its own shim");
     assert_eq!(addr_c, socket_address(&env.address, &env.namespace, &other));
@@ -997,7 +1080,8 @@ fn grouped_containers_share_one_shim() {
 
     for (b, sock, pid) in [(&ba, &sock_a, pid_a), (&bc, &sock_c, pid_c)] {
         let mut c = connect(sock);
-        let r: ConnectResponse = call(&mut c, "Connect", &id_req(|r: &mut ConnectRequest| r.id = b.id.clone())).expect("Connect");
+        let r: ConnectResponse =
+            call(&mut c, "Connect", &id_req(|r: &mut ConnectRequest| r.id = b.id.clone())).expect("Connect");
         assert_eq!(r.shim_pid as i32, pid);
         shutdown(&mut c, &b.id);
         drop(c);
@@ -1027,12 +1111,19 @@ fn refused_create(env: &Env, b: &Bundle, options: Option<Any>, rootfs: Vec<Mount
     };
     eprintln!("{}: refused: {err}", b.id);
     assert!(!err.message.is_empty());
-    assert!(!env.events().topics().iter().any(|t| t == "/tasks/create"), "a create event for a refused Create: {:?}", env.events().topics());
+    assert!(
+        !env.events().topics().iter().any(|t| t == "/tasks/create"),
+        "a create event for a refused Create: {:?}",
+        env.events().topics()
+    );
     let st = state(&mut c, &b.id, "").expect_err("State of a refused task");
     assert_eq!(st.code, Code::NOT_FOUND, "{st}");
     assert!(env.runtime_state().is_empty(), "runtime state left by a refused Create: {:?}", env.runtime_state());
     assert!(!b.record().exists(), "bundle record left by a refused Create");
-    assert!(!Path::new(NETNS_DIR).join(format!("podnet-{}", b.id)).exists(), "network namespace left by a refused Create");
+    assert!(
+        !Path::new(NETNS_DIR).join(format!("podnet-{}", b.id)).exists(),
+        "network namespace left by a refused Create"
+    );
     assert!(cgroup_dirs(&env.cgroup(&b.id)).is_empty(), "cgroup left by a refused Create");
     assert!(!is_mount_point(&b.dir.join("rootfs")), "rootfs left mounted by a refused Create");
     shutdown(&mut c, &b.id);
@@ -1267,7 +1358,8 @@ fn delete_cleans_up_after_a_killed_shim() {
     let mut c = connect(&socket);
     let mut req = create_req(&b);
     req.rootfs = bind_rootfs(&shared_busybox_rootfs());
-    let created: CreateTaskResponse = call(&mut c, "Create", &req).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
+    let created: CreateTaskResponse =
+        call(&mut c, "Create", &req).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
     let pid = created.pid as i32;
     let _: StartResponse = call(&mut c, "Start", &id_req(|r: &mut StartRequest| r.id = id.clone())).expect("Start");
     drop(c);
@@ -1303,7 +1395,11 @@ fn delete_cleans_up_after_a_killed_shim() {
     assert!(resp.exited_at.is_some(), "{resp:?}");
 
     assert!(wait_gone(pid, Duration::from_secs(5)), "the container process {pid} survived delete");
-    assert!(podnet_tests::retry(200, Duration::from_millis(10), || cgroup_dirs(&env.cgroup(&id)).is_empty()), "cgroup left: {:?}", cgroup_dirs(&env.cgroup(&id)));
+    assert!(
+        podnet_tests::retry(200, Duration::from_millis(10), || cgroup_dirs(&env.cgroup(&id)).is_empty()),
+        "cgroup left: {:?}",
+        cgroup_dirs(&env.cgroup(&id))
+    );
     assert_eq!(reservations(&env.ipam_dir(), net), Vec::<String>::new(), "IP reservation left");
     assert!(!netns.exists(), "{} left", netns.display());
     assert!(!is_mount_point(&rootfs), "rootfs still mounted");

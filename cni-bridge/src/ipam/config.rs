@@ -37,9 +37,7 @@ impl IpamConfig {
     /// Like `from_json`, plus the `ipRanges` capability (`runtimeConfig.ipRanges`), whose
     /// range sets come first, as in the reference.
     pub fn from_json_with_ip_ranges(ipam: &Value, ip_ranges: Option<&Value>) -> Result<IpamConfig> {
-        let obj = ipam
-            .as_object()
-            .ok_or_else(|| CniError::invalid_config("ipam", "must be an object"))?;
+        let obj = ipam.as_object().ok_or_else(|| CniError::invalid_config("ipam", "must be an object"))?;
         match opt_str(obj, "type", "ipam.type")? {
             Some("host-local") => {}
             Some(t) => return Err(CniError::invalid_config("ipam.type", format!("{t:?} is not \"host-local\""))),
@@ -86,7 +84,8 @@ impl IpamConfig {
                     None => return Err(CniError::invalid_config(&dst_path, "missing")),
                 };
                 let gw_path = format!("{path}.gw");
-                let gw = opt_str(o, "gw", &gw_path)?.filter(|s| !s.is_empty()).map(|s| parse_ip(s, &gw_path)).transpose()?;
+                let gw =
+                    opt_str(o, "gw", &gw_path)?.filter(|s| !s.is_empty()).map(|s| parse_ip(s, &gw_path)).transpose()?;
                 let mut route = IpamRoute::new(dst, gw);
                 for (key, slot, max) in [
                     ("mtu", &mut route.mtu, u32::MAX as u64),
@@ -97,7 +96,10 @@ impl IpamConfig {
                 ] {
                     if let Some(v) = o.get(key).filter(|v| !v.is_null()) {
                         let n = v.as_u64().filter(|n| *n <= max).ok_or_else(|| {
-                            CniError::invalid_config(&format!("{path}.{key}"), format!("must be an integer from 0 to {max}"))
+                            CniError::invalid_config(
+                                &format!("{path}.{key}"),
+                                format!("must be an integer from 0 to {max}"),
+                            )
                         })?;
                         *slot = Some(n as u32);
                     }
@@ -106,9 +108,7 @@ impl IpamConfig {
             }
         }
 
-        let data_dir = opt_str(obj, "dataDir", "ipam.dataDir")?
-            .filter(|s| !s.is_empty())
-            .unwrap_or(DEFAULT_DATA_DIR);
+        let data_dir = opt_str(obj, "dataDir", "ipam.dataDir")?.filter(|s| !s.is_empty()).unwrap_or(DEFAULT_DATA_DIR);
         let resolv_conf = opt_str(obj, "resolvConf", "ipam.resolvConf")?.filter(|s| !s.is_empty()).map(PathBuf::from);
 
         Ok(IpamConfig {
@@ -124,9 +124,7 @@ fn parse_set_list(v: &Value, path: &str, out: &mut Vec<(RangeSet, String)>) -> R
     let list = v.as_array().ok_or_else(|| CniError::invalid_config(path, "must be a list of range sets"))?;
     for (i, set) in list.iter().enumerate() {
         let set_path = format!("{path}[{i}]");
-        let items = set
-            .as_array()
-            .ok_or_else(|| CniError::invalid_config(&set_path, "must be a list of ranges"))?;
+        let items = set.as_array().ok_or_else(|| CniError::invalid_config(&set_path, "must be a list of ranges"))?;
         if items.is_empty() {
             return Err(CniError::invalid_config(&set_path, "empty range set"));
         }
@@ -214,7 +212,8 @@ fn opt_str<'a>(o: &'a Map<String, Value>, key: &str, path: &str) -> Result<Optio
 }
 
 fn parse_cidr(s: &str, path: &str) -> Result<IpNet> {
-    IpNet::from_str(s.trim()).map_err(|_| CniError::invalid_config(path, format!("{s:?} is not a CIDR (address/prefix)")))
+    IpNet::from_str(s.trim())
+        .map_err(|_| CniError::invalid_config(path, format!("{s:?} is not a CIDR (address/prefix)")))
 }
 
 fn parse_ip(s: &str, path: &str) -> Result<IpAddr> {

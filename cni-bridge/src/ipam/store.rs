@@ -272,11 +272,7 @@ impl Txn<'_> {
     pub fn rebuild_with(&mut self, entries: &[(IpAddr, Owner)]) -> Result<()> {
         self.touch()?;
         let idx = &self.store.index;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(idx)
-            .map_err(|e| io_err("creating", idx, e))?;
+        fs::DirBuilder::new().recursive(true).mode(0o755).create(idx).map_err(|e| io_err("creating", idx, e))?;
         let mut by_owner: HashMap<&Owner, Vec<IpAddr>> = HashMap::new();
         for (ip, o) in entries {
             by_owner.entry(o).or_default().push(*ip);

@@ -13,10 +13,8 @@ struct TmpDir(PathBuf);
 impl TmpDir {
     fn new() -> TmpDir {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let p = std::env::temp_dir().join(format!(
             "podnet-ipam-{}-{}-{nanos}",
             std::process::id(),
@@ -131,21 +129,33 @@ fn rejects_bad_configs_naming_the_field() {
         (r(json!([[{"subnet": 10}]])), "ipam.ranges[0][0].subnet", "must be a string"),
         (r(json!([[{"rangeStart": "10.0.0.1"}]])), "ipam.ranges[0][0].subnet", "missing"),
         (r(json!([[{"subnet": "10.0.0.0/31"}]])), "ipam.ranges[0][0].subnet", "too small"),
-        (r(json!([[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.1.5"}]])), "ipam.ranges[0][0].rangeStart", "not in subnet"),
-        (r(json!([[{"subnet": "10.0.0.0/24", "rangeStart": "fd00::5"}]])), "ipam.ranges[0][0].rangeStart", "not in subnet"),
-        (r(json!([[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.x"}]])), "ipam.ranges[0][0].rangeStart", "not an IP"),
-        (r(json!([[{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.1.5"}]])), "ipam.ranges[0][0].rangeEnd", "not in subnet"),
+        (
+            r(json!([[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.1.5"}]])),
+            "ipam.ranges[0][0].rangeStart",
+            "not in subnet",
+        ),
+        (
+            r(json!([[{"subnet": "10.0.0.0/24", "rangeStart": "fd00::5"}]])),
+            "ipam.ranges[0][0].rangeStart",
+            "not in subnet",
+        ),
+        (
+            r(json!([[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.x"}]])),
+            "ipam.ranges[0][0].rangeStart",
+            "not an IP",
+        ),
+        (
+            r(json!([[{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.1.5"}]])),
+            "ipam.ranges[0][0].rangeEnd",
+            "not in subnet",
+        ),
         (r(json!([[{"subnet": "10.0.0.0/24", "gateway": "10.0.1.1"}]])), "ipam.ranges[0][0].gateway", "not in subnet"),
         (
             r(json!([[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.50", "rangeEnd": "10.0.0.40"}]])),
             "ipam.ranges[0][0].rangeEnd",
             "before rangeStart",
         ),
-        (
-            r(json!([[{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.0.0/25"}]])),
-            "ipam.ranges[0][1]",
-            "overlaps with",
-        ),
+        (r(json!([[{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.0.0/25"}]])), "ipam.ranges[0][1]", "overlaps with"),
         (r(json!([[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.0/16"}]])), "ipam.ranges[1]", "overlaps with"),
         (
             r(json!([[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.1.0/24"}, {"subnet": "fd00::/64"}]])),
@@ -157,7 +167,11 @@ fn rejects_bad_configs_naming_the_field() {
         (r(json!({"subnet": "10.0.0.0/24"})), "ipam.ranges", "list of range sets"),
         (json!({"type": "host-local"}), "ipam.ranges", "no IP ranges"),
         (json!({"type": "host-local", "subnet": "10.0.0.7/24"}), "ipam.subnet", "host bits"),
-        (json!({"type": "host-local", "subnet": "10.0.0.0/24", "gateway": "10.0.9.1"}), "ipam.gateway", "not in subnet"),
+        (
+            json!({"type": "host-local", "subnet": "10.0.0.0/24", "gateway": "10.0.9.1"}),
+            "ipam.gateway",
+            "not in subnet",
+        ),
         (
             json!({"type": "host-local", "subnet": "10.0.0.0/24", "ranges": [[{"subnet": "10.0.0.128/25"}]]}),
             "ipam.ranges[0]",
@@ -252,13 +266,27 @@ fn round_robin_continues_after_last_reserved_and_wraps() {
 #[test]
 fn iterator_matches_reference_walk() {
     let set = RangeSet(vec![
-        Range { subnet: "10.0.0.0/29".parse().unwrap(), range_start: ip("10.0.0.0"), range_end: ip("10.0.0.3"), gateway: Some(ip("10.0.0.1")) },
-        Range { subnet: "10.0.1.0/29".parse().unwrap(), range_start: ip("10.0.1.2"), range_end: ip("10.0.1.7"), gateway: Some(ip("10.0.1.1")) },
+        Range {
+            subnet: "10.0.0.0/29".parse().unwrap(),
+            range_start: ip("10.0.0.0"),
+            range_end: ip("10.0.0.3"),
+            gateway: Some(ip("10.0.0.1")),
+        },
+        Range {
+            subnet: "10.0.1.0/29".parse().unwrap(),
+            range_start: ip("10.0.1.2"),
+            range_end: ip("10.0.1.7"),
+            gateway: Some(ip("10.0.1.1")),
+        },
     ]);
-    let walk = |last: Option<&str>| -> Vec<String> { set.iter_from(last.map(ip)).map(|(a, _)| a.to_string()).collect() };
+    let walk =
+        |last: Option<&str>| -> Vec<String> { set.iter_from(last.map(ip)).map(|(a, _)| a.to_string()).collect() };
     // Network (.0), gateway (.1) and broadcast (.7) are never offered.
     assert_eq!(walk(None), ["10.0.0.2", "10.0.0.3", "10.0.1.2", "10.0.1.3", "10.0.1.4", "10.0.1.5", "10.0.1.6"]);
-    assert_eq!(walk(Some("10.0.0.3")), ["10.0.1.2", "10.0.1.3", "10.0.1.4", "10.0.1.5", "10.0.1.6", "10.0.0.2", "10.0.0.3"]);
+    assert_eq!(
+        walk(Some("10.0.0.3")),
+        ["10.0.1.2", "10.0.1.3", "10.0.1.4", "10.0.1.5", "10.0.1.6", "10.0.0.2", "10.0.0.3"]
+    );
     assert_eq!(walk(Some("10.0.1.4"))[0], "10.0.1.5");
     assert_eq!(walk(Some("10.0.1.4")).last().map(String::as_str), Some("10.0.1.4"));
 }
@@ -346,7 +374,10 @@ fn dual_stack_and_rollback() {
     assert_eq!(addrs(&r), ["10.1.2.3/24", "fd00:1::3/64"]);
     // v6 exhausted: the v4 address taken by this call is given back.
     let e = h.allocate("c", "eth0", &[]).unwrap_err();
-    assert!(e.msg.contains("failed to allocate for range 1: no IP addresses available in range set: fd00:1::1-fd00:1::3"), "{e}");
+    assert!(
+        e.msg.contains("failed to allocate for range 1: no IP addresses available in range set: fd00:1::1-fd00:1::3"),
+        "{e}"
+    );
     assert!(!d.join("10.1.2.4").exists());
     assert!(h.get("c", "eth0").unwrap().is_empty());
     assert_eq!(h.get("a", "eth0").unwrap(), ips(&["10.1.2.2", "fd00:1::2"]));

@@ -91,10 +91,7 @@ impl Firewall {
         if tagged.is_empty() {
             return Ok(());
         }
-        let families: Vec<u8> = FAMILIES
-            .into_iter()
-            .filter(|f| tagged.iter().any(|r| r.family == *f))
-            .collect();
+        let families: Vec<u8> = FAMILIES.into_iter().filter(|f| tagged.iter().any(|r| r.family == *f)).collect();
         // Set once a batch that skipped existing tables and chains found one missing.
         let mut create_all = false;
         for attempt in 1..=ATTEMPTS {
@@ -131,27 +128,14 @@ impl Firewall {
                 }
             }
             let untagged = statics.iter().map(|r| (r, None));
-            for (r, comment) in untagged.chain(tagged.iter().map(|r| (r, Some(plan.tag.as_str()))))
-            {
+            for (r, comment) in untagged.chain(tagged.iter().map(|r| (r, Some(plan.tag.as_str())))) {
                 msgs.push(wire::new_rule(r.family, TABLE, r.chain, &r.exprs, comment));
-                what.push(format!(
-                    "adding rule `{}` to chain {} {TABLE} {}",
-                    r.what,
-                    family_name(r.family),
-                    r.chain
-                ));
+                what.push(format!("adding rule `{}` to chain {} {TABLE} {}", r.what, family_name(r.family), r.chain));
             }
             // The generation check only matters when static rules are added: tagged rules
             // are never duplicated by a concurrent change.
-            let guard = if statics.is_empty() {
-                None
-            } else {
-                Some(genid)
-            };
-            match self
-                .sock
-                .batch(wire::batch_begin(guard), msgs, wire::batch_end())
-            {
+            let guard = if statics.is_empty() { None } else { Some(genid) };
+            match self.sock.batch(wire::batch_begin(guard), msgs, wire::batch_end()) {
                 Ok(_) => return Ok(()),
                 // Lost the race for the static rules: re-read and try again at once.
                 Err((_, e)) if e.is(libc::ERESTART) && attempt < ATTEMPTS => continue,
@@ -159,23 +143,14 @@ impl Firewall {
                     create_all = true;
                 }
                 Err((i, e)) => {
-                    let step = what
-                        .get(i)
-                        .map(String::as_str)
-                        .unwrap_or("committing the batch");
-                    return Err(nl_err(
-                        format!("installing firewall rules for {:?}: {step}", plan.tag),
-                        e,
-                    ));
+                    let step = what.get(i).map(String::as_str).unwrap_or("committing the batch");
+                    return Err(nl_err(format!("installing firewall rules for {:?}: {step}", plan.tag), e));
                 }
             }
         }
         Err(CniError::new(
             codes::TRY_AGAIN,
-            format!(
-                "installing firewall rules for {:?}: the ruleset kept changing",
-                plan.tag
-            ),
+            format!("installing firewall rules for {:?}: the ruleset kept changing", plan.tag),
         ))
     }
 
@@ -191,22 +166,13 @@ impl Firewall {
     pub fn remove_where(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> Result<usize> {
         let tag = what;
         for attempt in 1..=ATTEMPTS {
-            let mine: Vec<RuleInfo> = self
-                .all()?
-                .into_iter()
-                .filter(|r| r.comment.as_deref().is_some_and(&pred))
-                .collect();
+            let mine: Vec<RuleInfo> =
+                self.all()?.into_iter().filter(|r| r.comment.as_deref().is_some_and(&pred)).collect();
             if mine.is_empty() {
                 return Ok(0);
             }
-            let msgs = mine
-                .iter()
-                .map(|r| wire::del_rule(r.family, &r.table, &r.chain, r.handle))
-                .collect();
-            match self
-                .sock
-                .batch(wire::batch_begin(None), msgs, wire::batch_end())
-            {
+            let msgs = mine.iter().map(|r| wire::del_rule(r.family, &r.table, &r.chain, r.handle)).collect();
+            match self.sock.batch(wire::batch_begin(None), msgs, wire::batch_end()) {
                 Ok(_) => return Ok(mine.len()),
                 // Someone else deleted one of them meanwhile: look again.
                 Err((_, e)) if e.is(libc::ENOENT) && attempt < ATTEMPTS => continue,
@@ -221,17 +187,11 @@ impl Firewall {
                         ),
                         None => "committing the batch".into(),
                     };
-                    return Err(nl_err(
-                        format!("removing firewall rules of {tag:?}: {step}"),
-                        e,
-                    ));
+                    return Err(nl_err(format!("removing firewall rules of {tag:?}: {step}"), e));
                 }
             }
         }
-        Err(CniError::new(
-            codes::TRY_AGAIN,
-            format!("removing firewall rules of {tag:?}: the ruleset kept changing"),
-        ))
+        Err(CniError::new(codes::TRY_AGAIN, format!("removing firewall rules of {tag:?}: the ruleset kept changing")))
     }
 
     /// The distinct tags (comments) of all rules in podnet's tables, sorted.
@@ -244,23 +204,14 @@ impl Firewall {
 
     /// How many rules in podnet's tables carry `tag`.
     pub fn count(&mut self, tag: &str) -> Result<usize> {
-        Ok(self
-            .all()?
-            .iter()
-            .filter(|r| r.comment.as_deref() == Some(tag))
-            .count())
+        Ok(self.all()?.iter().filter(|r| r.comment.as_deref() == Some(tag)).count())
     }
 
     fn genid(&mut self) -> Result<u32> {
-        let msgs = self
-            .sock
-            .request(wire::get_gen())
-            .map_err(|e| nl_err("reading the nf_tables ruleset generation", e))?;
+        let msgs =
+            self.sock.request(wire::get_gen()).map_err(|e| nl_err("reading the nf_tables ruleset generation", e))?;
         wire::parse_gen(&msgs).ok_or_else(|| {
-            CniError::new(
-                codes::IO_FAILURE,
-                "reading the nf_tables ruleset generation: no NFTA_GEN_ID in the reply",
-            )
+            CniError::new(codes::IO_FAILURE, "reading the nf_tables ruleset generation: no NFTA_GEN_ID in the reply")
         })
     }
 
@@ -278,10 +229,7 @@ impl Firewall {
     /// stops at the first table of that name, whatever the family.
     fn dump(&mut self, family: u8, chain: Option<&str>) -> Result<Vec<RuleInfo>> {
         let what = || match chain {
-            Some(c) => format!(
-                "listing the rules of chain {} {TABLE} {c}",
-                family_name(family)
-            ),
+            Some(c) => format!("listing the rules of chain {} {TABLE} {c}", family_name(family)),
             None => format!("listing the rules of table {} {TABLE}", family_name(family)),
         };
         let msgs = match self.sock.request(wire::dump_rules(family, TABLE, chain)) {
@@ -292,12 +240,7 @@ impl Firewall {
         Ok(msgs
             .iter()
             .filter_map(wire::parse_rule)
-            .filter(|r| {
-                r.family == family
-                    && r.table == TABLE
-                    && (chain.is_none() || chain == Some(r.chain.as_str()))
-            })
+            .filter(|r| r.family == family && r.table == TABLE && (chain.is_none() || chain == Some(r.chain.as_str())))
             .collect())
     }
 }
-

@@ -50,39 +50,17 @@ pub struct ChainSpec {
 
 /// The chains of podnet's table in `family`, in creation order (jump targets first).
 pub fn chains(family: u8) -> Vec<ChainSpec> {
-    let nat = |num, priority| {
-        Some(Hook {
-            ty: "nat",
-            num,
-            priority,
-        })
-    };
+    let nat = |num, priority| Some(Hook { ty: "nat", num, priority });
     match family {
         NFPROTO_BRIDGE => vec![ChainSpec {
             name: PREROUTING,
-            hook: Some(Hook {
-                ty: "filter",
-                num: NF_BR_PRE_ROUTING,
-                priority: BRIDGE_PREROUTING_PRIORITY,
-            }),
+            hook: Some(Hook { ty: "filter", num: NF_BR_PRE_ROUTING, priority: BRIDGE_PREROUTING_PRIORITY }),
         }],
         _ => vec![
-            ChainSpec {
-                name: HOSTPORTS,
-                hook: None,
-            },
-            ChainSpec {
-                name: PREROUTING,
-                hook: nat(NF_INET_PRE_ROUTING, NF_IP_PRI_NAT_DST),
-            },
-            ChainSpec {
-                name: OUTPUT,
-                hook: nat(NF_INET_LOCAL_OUT, NF_IP_PRI_NAT_DST),
-            },
-            ChainSpec {
-                name: POSTROUTING,
-                hook: nat(NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC),
-            },
+            ChainSpec { name: HOSTPORTS, hook: None },
+            ChainSpec { name: PREROUTING, hook: nat(NF_INET_PRE_ROUTING, NF_IP_PRI_NAT_DST) },
+            ChainSpec { name: OUTPUT, hook: nat(NF_INET_LOCAL_OUT, NF_IP_PRI_NAT_DST) },
+            ChainSpec { name: POSTROUTING, hook: nat(NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC) },
         ],
     }
 }
@@ -103,20 +81,9 @@ pub fn static_rule(family: u8, chain: &'static str) -> Rule {
         family,
         chain,
         exprs: vec![
-            Expr::Fib {
-                result: NFT_FIB_RESULT_ADDRTYPE,
-                flags: NFTA_FIB_F_DADDR,
-                dreg: NFT_REG_1,
-            },
-            Expr::Cmp {
-                op: NFT_CMP_EQ,
-                sreg: NFT_REG_1,
-                data: RTN_LOCAL.to_ne_bytes().to_vec(),
-            },
-            Expr::Verdict {
-                code: NFT_JUMP,
-                chain: Some(HOSTPORTS.into()),
-            },
+            Expr::Fib { result: NFT_FIB_RESULT_ADDRTYPE, flags: NFTA_FIB_F_DADDR, dreg: NFT_REG_1 },
+            Expr::Cmp { op: NFT_CMP_EQ, sreg: NFT_REG_1, data: RTN_LOCAL.to_ne_bytes().to_vec() },
+            Expr::Verdict { code: NFT_JUMP, chain: Some(HOSTPORTS.into()) },
         ],
         what: "fib daddr type local jump hostports".into(),
     }
@@ -145,24 +112,12 @@ fn load_addr(v4: bool, src: bool) -> Expr {
         (false, true) => (8, 16),
         (false, false) => (24, 16),
     };
-    Expr::Payload {
-        base: NFT_PAYLOAD_NETWORK_HEADER,
-        offset,
-        len,
-        dreg: NFT_REG_1,
-    }
+    Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset, len, dreg: NFT_REG_1 }
 }
 
 /// `ip[6] saddr|daddr == ip`.
 fn addr_eq(ip: &IpAddr, src: bool) -> [Expr; 2] {
-    [
-        load_addr(ip.is_ipv4(), src),
-        Expr::Cmp {
-            op: NFT_CMP_EQ,
-            sreg: NFT_REG_1,
-            data: ip_bytes(ip),
-        },
-    ]
+    [load_addr(ip.is_ipv4(), src), Expr::Cmp { op: NFT_CMP_EQ, sreg: NFT_REG_1, data: ip_bytes(ip) }]
 }
 
 /// `ip[6] saddr|daddr (==|!=) net` as payload + bitwise mask + cmp, the way nft encodes a
@@ -173,39 +128,18 @@ fn addr_in(net: &IpNet, src: bool, op: u32) -> Vec<Expr> {
     if net.prefix_len() != net.max_prefix_len() {
         let mask = ip_bytes(&net.netmask());
         let xor = vec![0u8; mask.len()];
-        v.push(Expr::Bitwise {
-            sreg: NFT_REG_1,
-            dreg: NFT_REG_1,
-            mask,
-            xor,
-        });
+        v.push(Expr::Bitwise { sreg: NFT_REG_1, dreg: NFT_REG_1, mask, xor });
     }
-    v.push(Expr::Cmp {
-        op,
-        sreg: NFT_REG_1,
-        data: ip_bytes(&net.addr()),
-    });
+    v.push(Expr::Cmp { op, sreg: NFT_REG_1, data: ip_bytes(&net.addr()) });
     v
 }
 
 /// `ct status dnat`: the connection's destination was NATed.
 fn ct_status_dnat() -> [Expr; 3] {
     [
-        Expr::Ct {
-            key: NFT_CT_STATUS,
-            dreg: NFT_REG_1,
-        },
-        Expr::Bitwise {
-            sreg: NFT_REG_1,
-            dreg: NFT_REG_1,
-            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            op: NFT_CMP_NEQ,
-            sreg: NFT_REG_1,
-            data: vec![0; 4],
-        },
+        Expr::Ct { key: NFT_CT_STATUS, dreg: NFT_REG_1 },
+        Expr::Bitwise { sreg: NFT_REG_1, dreg: NFT_REG_1, mask: IPS_DST_NAT.to_ne_bytes().to_vec(), xor: vec![0; 4] },
+        Expr::Cmp { op: NFT_CMP_NEQ, sreg: NFT_REG_1, data: vec![0; 4] },
     ]
 }
 
@@ -219,18 +153,12 @@ fn proto_name(p: u8) -> Option<&'static str> {
 }
 
 fn bad_plan(tag: &str, why: impl std::fmt::Display) -> CniError {
-    CniError::new(
-        codes::INTERNAL,
-        format!("invalid firewall plan for {tag:?}: {why}"),
-    )
+    CniError::new(codes::INTERNAL, format!("invalid firewall plan for {tag:?}: {why}"))
 }
 
 pub fn check_tag(tag: &str) -> Result<()> {
     if tag.is_empty() || tag.len() > TAG_MAX || tag.contains('\0') {
-        return Err(bad_plan(
-            tag,
-            format!("the tag must be 1 to {TAG_MAX} bytes without NUL"),
-        ));
+        return Err(bad_plan(tag, format!("the tag must be 1 to {TAG_MAX} bytes without NUL")));
     }
     Ok(())
 }
@@ -251,24 +179,12 @@ pub fn rules_of(plan: &FirewallPlan) -> Result<Vec<Rule>> {
     let mut hairpin: Vec<(IpAddr, IpNet)> = Vec::new();
     for pm in &plan.port_maps {
         let Some(proto) = proto_name(pm.protocol) else {
-            return Err(bad_plan(
-                tag,
-                format!("port map protocol {} is not tcp, udp or sctp", pm.protocol),
-            ));
+            return Err(bad_plan(tag, format!("port map protocol {} is not tcp, udp or sctp", pm.protocol)));
         };
         if pm.host_port == 0 || pm.container_port == 0 {
-            return Err(bad_plan(
-                tag,
-                format!(
-                    "port map {}:{} has a zero port",
-                    pm.host_port, pm.container_port
-                ),
-            ));
+            return Err(bad_plan(tag, format!("port map {}:{} has a zero port", pm.host_port, pm.container_port)));
         }
-        if pm
-            .host_ip
-            .is_some_and(|h| h.is_ipv4() != pm.pod_ip.is_ipv4())
-        {
+        if pm.host_ip.is_some_and(|h| h.is_ipv4() != pm.pod_ip.is_ipv4()) {
             continue;
         }
         let family = nfproto(&pm.pod_ip);
@@ -279,35 +195,13 @@ pub fn rules_of(plan: &FirewallPlan) -> Result<Vec<Rule>> {
             what = format!("daddr {h} ");
         }
         exprs.extend([
-            Expr::Meta {
-                key: NFT_META_L4PROTO,
-                dreg: NFT_REG_1,
-            },
-            Expr::Cmp {
-                op: NFT_CMP_EQ,
-                sreg: NFT_REG_1,
-                data: vec![pm.protocol],
-            },
-            Expr::Payload {
-                base: NFT_PAYLOAD_TRANSPORT_HEADER,
-                offset: 2,
-                len: 2,
-                dreg: NFT_REG_1,
-            },
-            Expr::Cmp {
-                op: NFT_CMP_EQ,
-                sreg: NFT_REG_1,
-                data: pm.host_port.to_be_bytes().to_vec(),
-            },
+            Expr::Meta { key: NFT_META_L4PROTO, dreg: NFT_REG_1 },
+            Expr::Cmp { op: NFT_CMP_EQ, sreg: NFT_REG_1, data: vec![pm.protocol] },
+            Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2, dreg: NFT_REG_1 },
+            Expr::Cmp { op: NFT_CMP_EQ, sreg: NFT_REG_1, data: pm.host_port.to_be_bytes().to_vec() },
             Expr::Counter,
-            Expr::Immediate {
-                dreg: NFT_REG_1,
-                data: ip_bytes(&pm.pod_ip),
-            },
-            Expr::Immediate {
-                dreg: NFT_REG_2,
-                data: pm.container_port.to_be_bytes().to_vec(),
-            },
+            Expr::Immediate { dreg: NFT_REG_1, data: ip_bytes(&pm.pod_ip) },
+            Expr::Immediate { dreg: NFT_REG_2, data: pm.container_port.to_be_bytes().to_vec() },
             Expr::Nat {
                 ty: NFT_NAT_DNAT,
                 family: u32::from(family),
@@ -324,10 +218,7 @@ pub fn rules_of(plan: &FirewallPlan) -> Result<Vec<Rule>> {
             what: format!("{what}{proto} dport {} dnat to {to}", pm.host_port),
         });
         if !hairpin.iter().any(|(p, _)| *p == pm.pod_ip) {
-            let from = pm
-                .pod_net
-                .filter(|n| n.contains(&pm.pod_ip))
-                .unwrap_or_else(|| IpNet::from(pm.pod_ip));
+            let from = pm.pod_net.filter(|n| n.contains(&pm.pod_ip)).unwrap_or_else(|| IpNet::from(pm.pod_ip));
             hairpin.push((pm.pod_ip, from));
         }
     }
@@ -346,8 +237,7 @@ pub fn rules_of(plan: &FirewallPlan) -> Result<Vec<Rule>> {
         };
         out.push(masq_from(from, format!("hairpin masquerade of {pod}")));
         if pod.is_ipv4() {
-            let lo: IpNet =
-                IpNet::new(IpAddr::from([127, 0, 0, 0]), 8).map_err(|e| bad_plan(tag, e))?;
+            let lo: IpNet = IpNet::new(IpAddr::from([127, 0, 0, 0]), 8).map_err(|e| bad_plan(tag, e))?;
             out.push(masq_from(&lo, format!("localhost hostPort masquerade to {pod}")));
         }
     }
@@ -355,10 +245,7 @@ pub fn rules_of(plan: &FirewallPlan) -> Result<Vec<Rule>> {
     // ipMasq: traffic leaving the pod subnet, except multicast.
     for (pod, subnet) in &plan.masq {
         if pod.is_ipv4() != subnet.addr().is_ipv4() {
-            return Err(bad_plan(
-                tag,
-                format!("masquerade of {pod} with subnet {subnet} of another family"),
-            ));
+            return Err(bad_plan(tag, format!("masquerade of {pod} with subnet {subnet} of another family")));
         }
         let family = nfproto(pod);
         let mcast: IpNet = if pod.is_ipv4() {
@@ -371,58 +258,27 @@ pub fn rules_of(plan: &FirewallPlan) -> Result<Vec<Rule>> {
         exprs.extend(addr_in(subnet, false, NFT_CMP_NEQ));
         exprs.extend(addr_in(&mcast, false, NFT_CMP_NEQ));
         exprs.extend([Expr::Counter, Expr::Masq]);
-        out.push(Rule {
-            family,
-            chain: POSTROUTING,
-            exprs,
-            what: format!("masquerade of {pod} leaving {subnet}"),
-        });
+        out.push(Rule { family, chain: POSTROUTING, exprs, what: format!("masquerade of {pod} leaving {subnet}") });
     }
 
     // MAC anti-spoofing on the host side of the pod's veth.
     if let Some((veth, mac)) = &plan.mac_spoof {
         if veth.is_empty() || veth.len() >= IFNAMSIZ || veth.contains('\0') {
-            return Err(bad_plan(
-                tag,
-                format!("interface name {veth:?} is not 1 to {} bytes", IFNAMSIZ - 1),
-            ));
+            return Err(bad_plan(tag, format!("interface name {veth:?} is not 1 to {} bytes", IFNAMSIZ - 1)));
         }
         let mut name = veth.as_bytes().to_vec();
         name.resize(IFNAMSIZ, 0);
-        let m = mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let m = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         out.push(Rule {
             family: NFPROTO_BRIDGE,
             chain: PREROUTING,
             exprs: vec![
-                Expr::Meta {
-                    key: NFT_META_IIFNAME,
-                    dreg: NFT_REG_1,
-                },
-                Expr::Cmp {
-                    op: NFT_CMP_EQ,
-                    sreg: NFT_REG_1,
-                    data: name,
-                },
-                Expr::Payload {
-                    base: NFT_PAYLOAD_LL_HEADER,
-                    offset: 6,
-                    len: 6,
-                    dreg: NFT_REG_1,
-                },
-                Expr::Cmp {
-                    op: NFT_CMP_NEQ,
-                    sreg: NFT_REG_1,
-                    data: mac.to_vec(),
-                },
+                Expr::Meta { key: NFT_META_IIFNAME, dreg: NFT_REG_1 },
+                Expr::Cmp { op: NFT_CMP_EQ, sreg: NFT_REG_1, data: name },
+                Expr::Payload { base: NFT_PAYLOAD_LL_HEADER, offset: 6, len: 6, dreg: NFT_REG_1 },
+                Expr::Cmp { op: NFT_CMP_NEQ, sreg: NFT_REG_1, data: mac.to_vec() },
                 Expr::Counter,
-                Expr::Verdict {
-                    code: NF_DROP,
-                    chain: None,
-                },
+                Expr::Verdict { code: NF_DROP, chain: None },
             ],
             what: format!("iifname {veth} ether saddr != {m} drop"),
         });

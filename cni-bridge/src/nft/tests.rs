@@ -85,13 +85,7 @@ fn plan_rule_counts() {
     // 3 DNAT (one map skipped), v4 hairpin + localhost, v6 hairpin, 2 masq, 1 anti-spoof.
     assert_eq!(Firewall::plan_rule_count(&full_plan("a")), 9);
     assert_eq!(Firewall::plan_rule_count(&small_plan("b")), 4);
-    assert_eq!(
-        Firewall::plan_rule_count(&FirewallPlan {
-            tag: "c".into(),
-            ..Default::default()
-        }),
-        0
-    );
+    assert_eq!(Firewall::plan_rule_count(&FirewallPlan { tag: "c".into(), ..Default::default() }), 0);
     // The count does not depend on the tag, even an empty one that add() would refuse.
     assert_eq!(Firewall::plan_rule_count(&small_plan("")), 4);
     assert!(rules::plan_rules(&small_plan("")).is_err());
@@ -99,10 +93,7 @@ fn plan_rule_counts() {
     bad.port_maps[0].protocol = 1;
     assert!(rules::plan_rules(&bad).is_err());
     assert_eq!(Firewall::plan_rule_count(&bad), 0);
-    let long = FirewallPlan {
-        tag: "x".repeat(TAG_MAX + 1),
-        ..small_plan("")
-    };
+    let long = FirewallPlan { tag: "x".repeat(TAG_MAX + 1), ..small_plan("") };
     let e = rules::plan_rules(&long).unwrap_err();
     assert_eq!(Firewall::plan_rule_count(&long), 4);
     assert!(e.msg.contains("tag"), "{e}");
@@ -119,8 +110,7 @@ fn is_root() -> bool {
 /// Runs `f` with a fresh network namespace and removes it afterwards, even when `f` panics.
 fn with_netns(name: &str, f: impl FnOnce(&NetNs)) {
     assert!(is_root(), "root integration test run without root");
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("podnet-nft-{name}-{}", std::process::id()));
+    let dir: PathBuf = std::env::temp_dir().join(format!("podnet-nft-{name}-{}", std::process::id()));
     let ns = NetNs::create(name, Some(&dir)).unwrap();
     let path = ns.path().to_path_buf();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ns)));
@@ -141,15 +131,8 @@ fn unmount_dir(dir: &Path) {
 
 /// Runs `nft <args>` inside the namespace (the child inherits the thread's namespace).
 fn nft(ns: &NetNs, args: &[&str]) -> String {
-    let out = ns
-        .run(|| Command::new("nft").args(args).output())
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = ns.run(|| Command::new("nft").args(args).output()).unwrap().unwrap();
+    assert!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -186,19 +169,14 @@ fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
 fn add_installs_every_rule_kind() {
     with_netns("nft-kinds", |ns| {
         let plan = full_plan("podnet-test-a");
-        ns.run(|| Firewall::new().unwrap().add(&plan).unwrap())
-            .unwrap();
+        ns.run(|| Firewall::new().unwrap().add(&plan).unwrap()).unwrap();
 
         let text = nft(ns, &["list", "ruleset"]);
         println!("{text}");
         let tagged = |needle: &str| {
             let l = lines_with(&text, needle);
             assert_eq!(l.len(), 1, "expected one rule with {needle:?} in\n{text}");
-            assert!(
-                l[0].contains("comment \"podnet-test-a\""),
-                "no comment on {:?}",
-                l[0]
-            );
+            assert!(l[0].contains("comment \"podnet-test-a\""), "no comment on {:?}", l[0]);
         };
         // Chains.
         for c in [
@@ -210,48 +188,37 @@ fn add_installs_every_rule_kind() {
             assert_eq!(lines_with(&text, c).len(), 2, "{c} in ip and ip6:\n{text}");
         }
         assert_eq!(lines_with(&text, "chain hostports").len(), 2);
-        assert_eq!(
-            lines_with(&text, "type filter hook prerouting priority dstnat").len(),
-            1,
-            "{text}"
-        );
+        assert_eq!(lines_with(&text, "type filter hook prerouting priority dstnat").len(), 1, "{text}");
         // Static jumps, untagged.
         let jumps = lines_with(&text, "fib daddr type local jump hostports");
         assert_eq!(jumps.len(), 4, "{text}");
         assert!(jumps.iter().all(|l| !l.contains("comment")));
         // DNAT.
         tagged("tcp dport 8080 counter packets 0 bytes 0 dnat to 10.88.0.5:80");
-        tagged(
-            "ip daddr 192.168.77.10 udp dport 5353 counter packets 0 bytes 0 dnat to 10.88.0.5:53",
-        );
+        tagged("ip daddr 192.168.77.10 udp dport 5353 counter packets 0 bytes 0 dnat to 10.88.0.5:53");
         tagged("tcp dport 8080 counter packets 0 bytes 0 dnat to [fd00:88::5]:80");
-        assert!(
-            lines_with(&text, "8081").is_empty(),
-            "mismatched host IP family not skipped"
-        );
+        assert!(lines_with(&text, "8081").is_empty(), "mismatched host IP family not skipped");
         // Hairpin.
         tagged("ip saddr 10.88.0.5 ip daddr 10.88.0.5 ct status dnat counter packets 0 bytes 0 masquerade");
         tagged("ip saddr 127.0.0.0/8 ip daddr 10.88.0.5 ct status dnat counter packets 0 bytes 0 masquerade");
         tagged("ip6 saddr fd00:88::5 ip6 daddr fd00:88::5 ct status dnat counter packets 0 bytes 0 masquerade");
         // ipMasq.
-        tagged("ip saddr 10.88.0.5 ip daddr != 10.88.0.0/16 ip daddr != 224.0.0.0/4 counter packets 0 bytes 0 masquerade");
-        tagged("ip6 saddr fd00:88::5 ip6 daddr != fd00:88::/64 ip6 daddr != ff00::/8 counter packets 0 bytes 0 masquerade");
+        tagged(
+            "ip saddr 10.88.0.5 ip daddr != 10.88.0.0/16 ip daddr != 224.0.0.0/4 counter packets 0 bytes 0 masquerade",
+        );
+        tagged(
+            "ip6 saddr fd00:88::5 ip6 daddr != fd00:88::/64 ip6 daddr != ff00::/8 counter packets 0 bytes 0 masquerade",
+        );
         // Anti-spoofing.
         tagged("iifname \"vethpodnet1\" ether saddr != 02:42:ac:11:00:05 counter packets 0 bytes 0 drop");
 
         // The JSON view: every rule in the right chain, all 9 tagged rules carry the comment.
         let rules = json_rules(ns);
-        let tagged: Vec<_> = rules
-            .iter()
-            .filter(|r| r.2.as_deref() == Some("podnet-test-a"))
-            .collect();
+        let tagged: Vec<_> = rules.iter().filter(|r| r.2.as_deref() == Some("podnet-test-a")).collect();
         assert_eq!(tagged.len(), Firewall::plan_rule_count(&plan));
         assert_eq!(count_untagged(&rules), 4);
         assert_eq!(rules.len(), 13);
-        let dnat = tagged
-            .iter()
-            .find(|r| r.0 == "ip" && r.1 == "hostports")
-            .unwrap();
+        let dnat = tagged.iter().find(|r| r.0 == "ip" && r.1 == "hostports").unwrap();
         let exprs = dnat.3["expr"].as_array().unwrap();
         let nat = exprs.iter().find_map(|e| e.get("dnat")).unwrap();
         assert_eq!(nat["addr"], "10.88.0.5");
@@ -284,29 +251,18 @@ fn add_keeps_static_rules_single_and_remove_is_exact() {
             fw.add(&b).unwrap();
             assert_eq!(fw.count("tag-a").unwrap(), na);
             assert_eq!(fw.count("tag-b").unwrap(), 2 * nb);
-            assert_eq!(
-                fw.tags().unwrap(),
-                vec!["tag-a".to_owned(), "tag-b".to_owned()]
-            );
+            assert_eq!(fw.tags().unwrap(), vec!["tag-a".to_owned(), "tag-b".to_owned()]);
         })
         .unwrap();
         let rules = json_rules(ns);
         assert_eq!(count_untagged(&rules), 4, "static rules duplicated");
         assert_eq!(rules.len(), 4 + na + 2 * nb);
 
-        let removed = ns
-            .run(|| Firewall::new().unwrap().remove("tag-a").unwrap())
-            .unwrap();
+        let removed = ns.run(|| Firewall::new().unwrap().remove("tag-a").unwrap()).unwrap();
         assert_eq!(removed, na);
         let rules = json_rules(ns);
         assert!(rules.iter().all(|r| r.2.as_deref() != Some("tag-a")));
-        assert_eq!(
-            rules
-                .iter()
-                .filter(|r| r.2.as_deref() == Some("tag-b"))
-                .count(),
-            2 * nb
-        );
+        assert_eq!(rules.iter().filter(|r| r.2.as_deref() == Some("tag-b")).count(), 2 * nb);
         assert_eq!(count_untagged(&rules), 4);
 
         ns.run(|| {
@@ -335,11 +291,7 @@ fn remove_tags_count_without_tables() {
             assert!(fw.tags().unwrap().is_empty());
             assert_eq!(fw.count("nothing").unwrap(), 0);
             // An empty plan creates nothing.
-            fw.add(&FirewallPlan {
-                tag: "empty".into(),
-                ..Default::default()
-            })
-            .unwrap();
+            fw.add(&FirewallPlan { tag: "empty".into(), ..Default::default() }).unwrap();
         })
         .unwrap();
         assert!(!nft(ns, &["list", "ruleset"]).contains("podnet"));
@@ -357,8 +309,7 @@ fn concurrent_adds_never_duplicate_static_rules() {
                 for (i, mut fw) in fws.into_iter().enumerate() {
                     s.spawn(move || {
                         let mut p = small_plan(&format!("race-{i}"));
-                        p.masq
-                            .push((ip("fd00:88::6"), "fd00:88::/64".parse().unwrap()));
+                        p.masq.push((ip("fd00:88::6"), "fd00:88::/64".parse().unwrap()));
                         fw.add(&p).unwrap();
                     });
                 }
@@ -366,11 +317,7 @@ fn concurrent_adds_never_duplicate_static_rules() {
         })
         .unwrap();
         let rules = json_rules(ns);
-        assert_eq!(
-            count_untagged(&rules),
-            4,
-            "static rules duplicated under concurrency"
-        );
+        assert_eq!(count_untagged(&rules), 4, "static rules duplicated under concurrency");
         assert_eq!(rules.len(), 4 + N * 5);
     });
 }
@@ -380,24 +327,9 @@ fn concurrent_adds_never_duplicate_static_rules() {
 fn conflicting_chain_is_reported_with_context() {
     with_netns("nft-conflict", |ns| {
         nft(ns, &["add", "table", "ip", "podnet"]);
-        nft(
-            ns,
-            &[
-                "add",
-                "chain",
-                "ip",
-                "podnet",
-                "postrouting",
-                "{ type nat hook postrouting priority 50; }",
-            ],
-        );
-        let e = ns
-            .run(|| Firewall::new().unwrap().add(&small_plan("t")).unwrap_err())
-            .unwrap();
-        assert!(
-            e.msg.contains("creating chain ip podnet postrouting"),
-            "{e}"
-        );
+        nft(ns, &["add", "chain", "ip", "podnet", "postrouting", "{ type nat hook postrouting priority 50; }"]);
+        let e = ns.run(|| Firewall::new().unwrap().add(&small_plan("t")).unwrap_err()).unwrap();
+        assert!(e.msg.contains("creating chain ip podnet postrouting"), "{e}");
         assert!(e.msg.contains("for \"t\""), "{e}");
         // The kernel refuses to move an existing chain's priority (EOPNOTSUPP on 6.x).
         assert!(e.msg.contains("os error"), "{e}");
@@ -416,17 +348,12 @@ fn stale_generation_is_refused_with_erestart() {
             fw.add(&small_plan("bump")).unwrap();
             assert_ne!(fw.genid().unwrap(), stale);
             let msgs = vec![wire::new_table(wire::NFPROTO_IPV4, "podnet-stale")];
-            let (_, e) = fw
-                .sock
-                .batch(wire::batch_begin(Some(stale)), msgs, wire::batch_end())
-                .unwrap_err();
+            let (_, e) = fw.sock.batch(wire::batch_begin(Some(stale)), msgs, wire::batch_end()).unwrap_err();
             assert!(e.is(libc::ERESTART), "{e}");
             // The same batch at the current generation goes through.
             let fresh = fw.genid().unwrap();
             let msgs = vec![wire::new_table(wire::NFPROTO_IPV4, "podnet-stale")];
-            fw.sock
-                .batch(wire::batch_begin(Some(fresh)), msgs, wire::batch_end())
-                .unwrap();
+            fw.sock.batch(wire::batch_begin(Some(fresh)), msgs, wire::batch_end()).unwrap();
         })
         .unwrap();
         assert!(nft(ns, &["list", "tables"]).contains("table ip podnet-stale"));

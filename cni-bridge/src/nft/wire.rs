@@ -5,9 +5,7 @@
 //! loaded into registers is raw bytes (addresses and ports in network order, the values that
 //! `meta`, `ct` and `fib` store are host-order u32).
 
-use crate::netlink::{
-    attrs, MsgBuilder, RecvMsg, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use crate::netlink::{attrs, MsgBuilder, RecvMsg, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST};
 
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16; // NLMSG_MIN_TYPE
@@ -163,12 +161,7 @@ impl Expr {
                 m.attr_be32(1, *dreg); // NFTA_META_DREG
                 m.attr_be32(2, *key); // NFTA_META_KEY
             }
-            Expr::Payload {
-                base,
-                offset,
-                len,
-                dreg,
-            } => {
+            Expr::Payload { base, offset, len, dreg } => {
                 m.attr_be32(1, *dreg); // NFTA_PAYLOAD_DREG
                 m.attr_be32(2, *base); // NFTA_PAYLOAD_BASE
                 m.attr_be32(3, *offset); // NFTA_PAYLOAD_OFFSET
@@ -179,12 +172,7 @@ impl Expr {
                 m.attr_be32(2, *op); // NFTA_CMP_OP
                 data_value(m, 3, data); // NFTA_CMP_DATA
             }
-            Expr::Bitwise {
-                sreg,
-                dreg,
-                mask,
-                xor,
-            } => {
+            Expr::Bitwise { sreg, dreg, mask, xor } => {
                 m.attr_be32(1, *sreg); // NFTA_BITWISE_SREG
                 m.attr_be32(2, *dreg); // NFTA_BITWISE_DREG
                 m.attr_be32(3, mask.len() as u32); // NFTA_BITWISE_LEN
@@ -192,11 +180,7 @@ impl Expr {
                 data_value(m, 5, xor); // NFTA_BITWISE_XOR
                 m.attr_be32(6, NFT_BITWISE_MASK_XOR); // NFTA_BITWISE_OP
             }
-            Expr::Fib {
-                result,
-                flags,
-                dreg,
-            } => {
+            Expr::Fib { result, flags, dreg } => {
                 m.attr_be32(1, *dreg); // NFTA_FIB_DREG
                 m.attr_be32(2, *result); // NFTA_FIB_RESULT
                 m.attr_be32(3, *flags); // NFTA_FIB_FLAGS
@@ -220,13 +204,7 @@ impl Expr {
                 m.nest_end(v);
                 m.nest_end(d);
             }
-            Expr::Nat {
-                ty,
-                family,
-                reg_addr_min,
-                reg_proto_min,
-                flags,
-            } => {
+            Expr::Nat { ty, family, reg_addr_min, reg_proto_min, flags } => {
                 m.attr_be32(1, *ty); // NFTA_NAT_TYPE
                 m.attr_be32(2, *family); // NFTA_NAT_FAMILY
                 if let Some(r) = reg_addr_min {
@@ -258,15 +236,13 @@ fn nfgenmsg(family: u8, res_id: u16) -> [u8; 4] {
 }
 
 fn nft_msg(msg: u16, flags: u16, family: u8) -> MsgBuilder {
-    MsgBuilder::new((NFNL_SUBSYS_NFTABLES << 8) | msg, NLM_F_REQUEST | flags)
-        .header(&nfgenmsg(family, 0))
+    MsgBuilder::new((NFNL_SUBSYS_NFTABLES << 8) | msg, NLM_F_REQUEST | flags).header(&nfgenmsg(family, 0))
 }
 
 /// NFNL_MSG_BATCH_BEGIN for nf_tables; with `genid`, the kernel refuses the whole batch with
 /// ERESTART if the ruleset changed since that generation (optimistic concurrency, as nft does).
 pub fn batch_begin(genid: Option<u32>) -> MsgBuilder {
-    let mut m = MsgBuilder::new(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST)
-        .header(&nfgenmsg(0, NFNL_SUBSYS_NFTABLES));
+    let mut m = MsgBuilder::new(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST).header(&nfgenmsg(0, NFNL_SUBSYS_NFTABLES));
     if let Some(g) = genid {
         m.attr_be32(NFNL_BATCH_GENID, g);
     }
@@ -319,13 +295,7 @@ pub fn comment_udata(comment: &str) -> Vec<u8> {
 }
 
 /// NEWRULE appended at the end of `chain`.
-pub fn new_rule(
-    family: u8,
-    table: &str,
-    chain: &str,
-    exprs: &[Expr],
-    comment: Option<&str>,
-) -> MsgBuilder {
+pub fn new_rule(family: u8, table: &str, chain: &str, exprs: &[Expr], comment: Option<&str>) -> MsgBuilder {
     let mut m = nft_msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, family);
     m.attr_str(NFTA_RULE_TABLE, table);
     m.attr_str(NFTA_RULE_CHAIN, chain);
@@ -363,11 +333,7 @@ pub fn get_gen() -> MsgBuilder {
 
 /// The generation id from a GETGEN reply.
 pub fn parse_gen(msgs: &[RecvMsg]) -> Option<u32> {
-    msgs.iter()
-        .filter_map(|m| m.body.get(4..))
-        .flat_map(attrs)
-        .find(|a| a.ty == NFTA_GEN_ID)
-        .and_then(|a| a.be32())
+    msgs.iter().filter_map(|m| m.body.get(4..)).flat_map(attrs).find(|a| a.ty == NFTA_GEN_ID).and_then(|a| a.be32())
 }
 
 /// A GETRULE dump of table `table` in `family`, or of one chain of it. (With a table filter
@@ -407,13 +373,7 @@ pub fn parse_rule(msg: &RecvMsg) -> Option<RuleInfo> {
             _ => {}
         }
     }
-    Some(RuleInfo {
-        family,
-        table: table?,
-        chain: chain?,
-        handle: handle?,
-        comment,
-    })
+    Some(RuleInfo { family, table: table?, chain: chain?, handle: handle?, comment })
 }
 
 /// The comment in a libnftnl user-data blob (a sequence of u8 type, u8 length, value).
@@ -450,21 +410,10 @@ mod tests {
 
     #[test]
     fn rule_message_parses_back() {
-        let m = new_rule(
-            NFPROTO_IPV4,
-            "podnet",
-            "postrouting",
-            &[Expr::Counter, Expr::Masq],
-            Some("t1"),
-        );
+        let m = new_rule(NFPROTO_IPV4, "podnet", "postrouting", &[Expr::Counter, Expr::Masq], Some("t1"));
         let bytes = m.finish(1);
         let body = bytes[16..].to_vec();
-        let mut msg = RecvMsg {
-            msg_type: (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE,
-            flags: 0,
-            seq: 1,
-            body,
-        };
+        let mut msg = RecvMsg { msg_type: (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE, flags: 0, seq: 1, body };
         // A dump reply also carries the handle.
         let mut h = MsgBuilder::new(0, 0);
         h.attr_be64(NFTA_RULE_HANDLE, 42);

@@ -36,8 +36,11 @@ impl Rtnl {
     /// Adds `addr` (an IP with its subnet prefix) to a link. IPv4 gets its broadcast address.
     pub fn add_addr(&mut self, index: u32, addr: IpNet, nodad: bool) -> Result<(), NlError> {
         let ip = addr.addr();
-        let mut m = MsgBuilder::new(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL)
-            .header(&ifaddrmsg(family_of(&ip), addr.prefix_len(), index));
+        let mut m = MsgBuilder::new(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL).header(&ifaddrmsg(
+            family_of(&ip),
+            addr.prefix_len(),
+            index,
+        ));
         m.attr(IFA_LOCAL, &ip_bytes(&ip));
         m.attr(IFA_ADDRESS, &ip_bytes(&ip));
         if let IpNet::V4(v4) = addr {
@@ -53,7 +56,8 @@ impl Rtnl {
 
     pub fn del_addr(&mut self, index: u32, addr: IpNet) -> Result<(), NlError> {
         let ip = addr.addr();
-        let mut m = MsgBuilder::new(RTM_DELADDR, NLM_F_REQUEST).header(&ifaddrmsg(family_of(&ip), addr.prefix_len(), index));
+        let mut m =
+            MsgBuilder::new(RTM_DELADDR, NLM_F_REQUEST).header(&ifaddrmsg(family_of(&ip), addr.prefix_len(), index));
         m.attr(IFA_LOCAL, &ip_bytes(&ip));
         m.attr(IFA_ADDRESS, &ip_bytes(&ip));
         self.sock.request(m).map(drop)
@@ -62,7 +66,8 @@ impl Rtnl {
     /// Addresses of one link (or of all links with `index` 0), of one family or both (`None`).
     pub fn addrs(&mut self, index: u32, family: Option<u8>) -> Result<Vec<AddrInfo>, NlError> {
         // With strict checking on (the socket enables it) the kernel filters the dump by index.
-        let m = MsgBuilder::new(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP).header(&ifaddrmsg(family.unwrap_or(0), 0, index));
+        let m =
+            MsgBuilder::new(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP).header(&ifaddrmsg(family.unwrap_or(0), 0, index));
         let mut out = Vec::new();
         for msg in self.sock.request(m)? {
             if msg.msg_type != RTM_NEWADDR || msg.body.len() < 8 {

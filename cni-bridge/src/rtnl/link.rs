@@ -248,8 +248,7 @@ impl Rtnl {
     /// the port a frame came in on) and isolation (isolated ports only reach non-isolated
     /// ones, `bridge link set dev <port> isolated on`).
     pub fn set_bridge_port(&mut self, index: u32, hairpin: bool, isolated: bool) -> Result<(), NlError> {
-        let mut m = MsgBuilder::new(RTM_SETLINK, NLM_F_REQUEST)
-            .header(&ifinfomsg(libc::AF_BRIDGE as u8, index, 0, 0));
+        let mut m = MsgBuilder::new(RTM_SETLINK, NLM_F_REQUEST).header(&ifinfomsg(libc::AF_BRIDGE as u8, index, 0, 0));
         let p = m.nest_start(IFLA_PROTINFO);
         m.attr_u8(IFLA_BRPORT_MODE, hairpin as u8);
         m.attr_u8(IFLA_BRPORT_ISOLATED, isolated as u8);
@@ -259,7 +258,14 @@ impl Rtnl {
 
     /// Adds (or with `del`, removes) VLAN `vid` on a bridge port, or on the bridge itself
     /// when `bridge_self` is set (`bridge vlan add ... self`).
-    pub fn bridge_vlan(&mut self, index: u32, vid: u16, vflags: u16, bridge_self: bool, del: bool) -> Result<(), NlError> {
+    pub fn bridge_vlan(
+        &mut self,
+        index: u32,
+        vid: u16,
+        vflags: u16,
+        bridge_self: bool,
+        del: bool,
+    ) -> Result<(), NlError> {
         let ty = if del { RTM_DELLINK } else { RTM_SETLINK };
         let mut m = MsgBuilder::new(ty, NLM_F_REQUEST).header(&ifinfomsg(libc::AF_BRIDGE as u8, index, 0, 0));
         let spec = m.nest_start(IFLA_AF_SPEC);

@@ -43,8 +43,12 @@ impl Rtnl {
         let fam = family_of(&r.dst.addr());
         let scope = r.scope.unwrap_or(if r.gw.is_some() { RT_SCOPE_UNIVERSE } else { RT_SCOPE_LINK });
         let table = r.table.unwrap_or(RT_TABLE_MAIN as u32);
-        let mut m = MsgBuilder::new(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL)
-            .header(&rtmsg(fam, r.dst.prefix_len(), if table < 256 { table as u8 } else { 0 }, scope));
+        let mut m = MsgBuilder::new(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL).header(&rtmsg(
+            fam,
+            r.dst.prefix_len(),
+            if table < 256 { table as u8 } else { 0 },
+            scope,
+        ));
         if r.dst.prefix_len() > 0 {
             m.attr(RTA_DST, &ip_bytes(&r.dst.network()));
         }

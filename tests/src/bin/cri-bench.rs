@@ -81,13 +81,8 @@ impl Progress {
     fn show(&mut self, what: &str) {
         let width = 30;
         let filled = (self.done * width).checked_div(self.total).unwrap_or(width);
-        let line = format!(
-            "[{}{}] {}/{} {what}",
-            "#".repeat(filled),
-            "-".repeat(width - filled),
-            self.done,
-            self.total
-        );
+        let line =
+            format!("[{}{}] {}/{} {what}", "#".repeat(filled), "-".repeat(width - filled), self.done, self.total);
         let mut e = std::io::stderr().lock();
         if self.tty {
             let _ = write!(e, "\r\x1b[K{line}");
@@ -191,7 +186,8 @@ fn shim_pids(node: &CriNode, handler: &str) -> Vec<i32> {
 
 /// (Rss, Pss) of `pid` in KiB, from /proc/<pid>/smaps_rollup.
 fn rss_pss_kib(pid: i32) -> Res<(u64, u64)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).map_err(|e| format!("smaps_rollup of {pid}: {e}"))?;
+    let s =
+        fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).map_err(|e| format!("smaps_rollup of {pid}: {e}"))?;
     let field = |k: &str| {
         s.lines()
             .find_map(|l| l.strip_prefix(k))
@@ -210,7 +206,8 @@ fn memory(node: &CriNode, handler: &str, pods: usize, progress: &mut Progress) -
         let pod_cfg = node.pod_config(&format!("mem-{handler}-{i}"));
         progress.show(&format!("{handler} memory: pod {}/{pods}", i + 1));
         let (pod, _) = timed("RunPodSandbox", || c.run_pod_sandbox(&pod_cfg, handler))?;
-        let (ctr, _) = timed("CreateContainer", || c.create_container(&pod, &container_config("c", &CONTAINER_CMD), &pod_cfg))?;
+        let (ctr, _) =
+            timed("CreateContainer", || c.create_container(&pod, &container_config("c", &CONTAINER_CMD), &pod_cfg))?;
         timed("StartContainer", || c.start_container(&ctr))?;
         ids.push((pod, ctr));
         progress.step(&format!("{handler} memory: pod {}/{pods}", i + 1));
@@ -276,10 +273,10 @@ fn run(n: usize, pods: usize, warmup: usize, out: &Path) -> Res<()> {
         HANDLERS.iter().map(|h| (*h, vec![Vec::new(); OPS.len()])).collect();
     let lifecycle_start = Instant::now();
     for round in 0..rounds {
-        let order: [&str; 2] = if round % 2 == 0 { [HANDLER_PODNET, HANDLER_RUNC] } else { [HANDLER_RUNC, HANDLER_PODNET] };
+        let order: [&str; 2] =
+            if round % 2 == 0 { [HANDLER_PODNET, HANDLER_RUNC] } else { [HANDLER_RUNC, HANDLER_PODNET] };
         for h in order {
-            let t = lifecycle(&node, h, &format!("b{round}-{h}"), &mut progress)
-                .map_err(|e| with_log(&node, e))?;
+            let t = lifecycle(&node, h, &format!("b{round}-{h}"), &mut progress).map_err(|e| with_log(&node, e))?;
             if round >= warmup {
                 for (i, ms) in t.iter().enumerate() {
                     samples.get_mut(h).unwrap()[i].push(*ms);
@@ -293,8 +290,7 @@ fn run(n: usize, pods: usize, warmup: usize, out: &Path) -> Res<()> {
     let mem_start = Instant::now();
     let mut mem = BTreeMap::new();
     for h in [HANDLER_PODNET, HANDLER_RUNC] {
-        let m = memory(&node, h, pods, &mut progress)
-            .map_err(|e| with_log(&node, e))?;
+        let m = memory(&node, h, pods, &mut progress).map_err(|e| with_log(&node, e))?;
         mem.insert(h, m);
     }
     let mem_s = mem_start.elapsed().as_secs_f64();
@@ -305,10 +301,8 @@ fn run(n: usize, pods: usize, warmup: usize, out: &Path) -> Res<()> {
         let v = &samples[h][i];
         (median(v), p90(v))
     };
-    let totals: BTreeMap<&str, Vec<f64>> = HANDLERS
-        .iter()
-        .map(|h| (*h, (0..n).map(|k| samples[h].iter().map(|op| op[k]).sum()).collect()))
-        .collect();
+    let totals: BTreeMap<&str, Vec<f64>> =
+        HANDLERS.iter().map(|h| (*h, (0..n).map(|k| samples[h].iter().map(|op| op[k]).sum()).collect())).collect();
     let mut ops_json = serde_json::Map::new();
     println!();
     println!("CRI lifecycle, {n} pods per handler (interleaved, after {warmup} warm-up rounds), client-side ms:");
@@ -339,7 +333,8 @@ fn run(n: usize, pods: usize, warmup: usize, out: &Path) -> Res<()> {
         let rss: Vec<f64> = m.iter().map(|x| x.1 as f64 / 1024.0).collect();
         let pss: Vec<f64> = m.iter().map(|x| x.2 as f64 / 1024.0).collect();
         let max = |v: &[f64]| v.iter().cloned().fold(f64::NAN, f64::max);
-        let name = if h == HANDLER_RUNC { "runc (containerd-shim-runc-v2)" } else { "podnet (containerd-shim-podnet-v2)" };
+        let name =
+            if h == HANDLER_RUNC { "runc (containerd-shim-runc-v2)" } else { "podnet (containerd-shim-podnet-v2)" };
         println!(
             "  {name:<36} shims {:>3}  RSS median {:>6.2} MiB (max {:.2})  PSS median {:>6.2} MiB (max {:.2})",
             m.len(),
@@ -367,12 +362,22 @@ fn run(n: usize, pods: usize, warmup: usize, out: &Path) -> Res<()> {
         (
             "RunPodSandbox median <= 1/4 of runc's",
             med(HANDLER_PODNET, 0) <= med(HANDLER_RUNC, 0) / 4.0,
-            format!("{:.1} ms vs {:.1} ms / 4 = {:.1} ms", med(HANDLER_PODNET, 0), med(HANDLER_RUNC, 0), med(HANDLER_RUNC, 0) / 4.0),
+            format!(
+                "{:.1} ms vs {:.1} ms / 4 = {:.1} ms",
+                med(HANDLER_PODNET, 0),
+                med(HANDLER_RUNC, 0),
+                med(HANDLER_RUNC, 0) / 4.0
+            ),
         ),
         (
             "StopPodSandbox median <= 1/4 of runc's",
             med(HANDLER_PODNET, 5) <= med(HANDLER_RUNC, 5) / 4.0,
-            format!("{:.1} ms vs {:.1} ms / 4 = {:.1} ms", med(HANDLER_PODNET, 5), med(HANDLER_RUNC, 5), med(HANDLER_RUNC, 5) / 4.0),
+            format!(
+                "{:.1} ms vs {:.1} ms / 4 = {:.1} ms",
+                med(HANDLER_PODNET, 5),
+                med(HANDLER_RUNC, 5),
+                med(HANDLER_RUNC, 5) / 4.0
+            ),
         ),
         (
             "StartContainer median below runc's",
@@ -435,7 +440,8 @@ fn run(n: usize, pods: usize, warmup: usize, out: &Path) -> Res<()> {
     if let Some(d) = out.parent() {
         fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     }
-    fs::write(out, serde_json::to_vec_pretty(&result).unwrap()).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    fs::write(out, serde_json::to_vec_pretty(&result).unwrap())
+        .map_err(|e| format!("writing {}: {e}", out.display()))?;
     eprintln!("cri-bench: results in {}; checking that nothing is left...", out.display());
     // For a breakdown of the calls: containerd's debug log (shims' log lines included).
     if let Some(p) = std::env::var_os("CRI_BENCH_LOG") {

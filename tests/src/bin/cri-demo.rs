@@ -15,7 +15,13 @@ fn main() {
     step("containerd 2.x with CRI in a node network namespace; handlers runc and podnet");
     let n = CriNode::new("demo");
     let v = n.client().version().unwrap_or_else(|e| panic!("Version: {e}"));
-    println!("runtime {} {} (CRI {}), node ready in {:?}", v.runtime_name, v.runtime_version, v.runtime_api_version, t0.elapsed());
+    println!(
+        "runtime {} {} (CRI {}), node ready in {:?}",
+        v.runtime_name,
+        v.runtime_version,
+        v.runtime_api_version,
+        t0.elapsed()
+    );
     println!("podnet conflist ({}):", n.podnet_conf_dir().display());
     println!("{}", serde_json::to_string_pretty(&n.podnet_conflist()).unwrap_or_default());
 
@@ -52,12 +58,14 @@ fn main() {
         }
     };
     println!("side container -> 127.0.0.1:80 (the pod's localhost): {}", body.trim());
-    let (eth0, _, _) = n.client().exec_sync(&ids[1], &["ip", "-4", "-o", "addr", "show", "eth0"], 10).unwrap_or_default();
+    let (eth0, _, _) =
+        n.client().exec_sync(&ids[1], &["ip", "-4", "-o", "addr", "show", "eth0"], 10).unwrap_or_default();
     println!("side container's eth0: {}", eth0.trim());
 
     step("hostPort 8080 from the node");
     for host in ["127.0.0.1", "10.89.0.1"] {
-        let out = node_output(n.node(), &format!("timeout 5 busybox wget -qO- http://{host}:8080/"), Duration::from_secs(10));
+        let out =
+            node_output(n.node(), &format!("timeout 5 busybox wget -qO- http://{host}:8080/"), Duration::from_secs(10));
         println!("node -> {host}:8080: {}", String::from_utf8_lossy(&out.stdout).trim());
         assert!(out.status.success(), "hostPort via {host} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -69,5 +77,8 @@ fn main() {
     n.client().remove_pod_sandbox(&pod).unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
     println!("shims left: {:?}, IP reservations left: {:?}", n.shim_pids(), n.podnet_reservations());
     n.finish();
-    println!("\nnothing left behind (veths, IPs, nft rules, netns, mounts, cgroups, processes); {:?} in all", t0.elapsed());
+    println!(
+        "\nnothing left behind (veths, IPs, nft rules, netns, mounts, cgroups, processes); {:?} in all",
+        t0.elapsed()
+    );
 }
