@@ -65,7 +65,7 @@ impl DelTail {
         }
         drop(fw_open);
         errs.push(host_local.and_then(|h| h.release(&container_id, &ifname)));
-        if !(keep_record_on_error && !errs.is_empty()) {
+        if !keep_record_on_error || errs.is_empty() {
             errs.push(store.remove(&container_id, &ifname));
         }
     }

@@ -308,7 +308,7 @@ impl PumpThread {
         let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: clock_gettime into a valid timespec.
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-        let total = now.tv_nsec as i64 + timeout.subsec_nanos() as i64;
+        let total = now.tv_nsec + i64::from(timeout.subsec_nanos());
         let deadline = libc::timespec {
             tv_sec: now.tv_sec + timeout.as_secs() as libc::time_t + (total / 1_000_000_000) as libc::time_t,
             tv_nsec: (total % 1_000_000_000) as _,
