@@ -802,6 +802,31 @@ impl Mount {
             }
         }
 
+        // podnet patch: the mount's propagation options, in the order given, once it is in
+        // place, as runc's mountPropagate applies them. They used to be parsed and dropped, so
+        // a bind kept whatever it inherited from its source: an `rprivate` volume on a shared
+        // host path stayed a peer of the host's mount, an `rslave` one too.
+        let propagation = propagation_options(m);
+        if !propagation.is_empty() {
+            let mounted: OwnedFd = root.resolve(container_dest)?.into();
+            for (kind, recursive) in propagation {
+                let attr = linux::MountAttr {
+                    attr_set: 0,
+                    attr_clr: 0,
+                    propagation: kind.bits() as u64,
+                    userns_fd: 0,
+                };
+                let flags = linux::AT_EMPTY_PATH | if recursive { linux::AT_RECURSIVE } else { 0 };
+                self.syscall.mount_setattr(
+                    mounted.as_fd(),
+                    Path::new(""),
+                    flags,
+                    &attr,
+                    mem::size_of::<linux::MountAttr>(),
+                )?;
+            }
+        }
+
         Ok(())
     }
 
@@ -999,6 +1024,33 @@ impl Mount {
 }
 
 /// Find parent mount of rootfs in given mount infos
+/// The propagation options of a mount (podnet patch): the propagation type and whether it
+/// applies to the whole tree below the mount (the `r` names), in the order given.
+pub(crate) fn propagation_options(m: &SpecMount) -> Vec<(MsFlags, bool)> {
+    m.options()
+        .iter()
+        .flatten()
+        .filter_map(|o| propagation_of(o))
+        .collect()
+}
+
+/// A propagation name of the OCI spec (`shared`, `rslave`, ...) as the propagation type and
+/// whether it is recursive.
+pub(crate) fn propagation_of(name: &str) -> Option<(MsFlags, bool)> {
+    let (recursive, kind) = match name.strip_prefix('r') {
+        Some(rest @ ("shared" | "slave" | "private" | "unbindable")) => (true, rest),
+        _ => (false, name),
+    };
+    let flag = match kind {
+        "shared" => MsFlags::MS_SHARED,
+        "slave" => MsFlags::MS_SLAVE,
+        "private" => MsFlags::MS_PRIVATE,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        _ => return None,
+    };
+    Some((flag, recursive))
+}
+
 pub fn find_parent_mount(
     rootfs: &Path,
     mount_infos: Vec<MountInfo>,

@@ -5,7 +5,7 @@ use nix::mount::MsFlags;
 use oci_spec::runtime::{Linux, Spec};
 
 use super::device::Device;
-use super::mount::{Mount, MountOptions};
+use super::mount::{Mount, MountOptions, propagation_of};
 use super::symlink::Symlink;
 use super::utils::default_devices;
 use super::{Result, RootfsError};
@@ -38,14 +38,19 @@ impl RootFS {
         rootfs: &Path,
         cgroup_ns: bool,
     ) -> Result<()> {
+        // podnet patch: every propagation name of the OCI spec, the recursive ones (`rshared`,
+        // `rslave`, `rprivate`, `runbindable`, what containerd's CRI writes) included; they
+        // were refused. The root is always changed recursively here, as before.
         let mut flags = MsFlags::MS_REC;
         match linux.rootfs_propagation().as_deref() {
-            Some("shared") => flags |= MsFlags::MS_SHARED,
-            Some("private") => flags |= MsFlags::MS_PRIVATE,
-            Some("slave" | "unbindable") | None => flags |= MsFlags::MS_SLAVE,
-            Some(unknown) => {
-                return Err(RootfsError::UnknownRootfsPropagation(unknown.to_string()));
-            }
+            None => flags |= MsFlags::MS_SLAVE,
+            Some(name) => match propagation_of(name) {
+                // An unbindable tree cannot be bound to the rootfs: it is made unbindable after
+                // pivot_root, in adjust_root_mount_propagation.
+                Some((MsFlags::MS_UNBINDABLE, _)) => flags |= MsFlags::MS_SLAVE,
+                Some((kind, _)) => flags |= kind,
+                None => return Err(RootfsError::UnknownRootfsPropagation(name.to_string())),
+            },
         }
 
         self.syscall
@@ -127,11 +132,13 @@ impl RootFS {
 
     /// Change propagation type of rootfs as specified in spec.
     pub fn adjust_root_mount_propagation(&self, linux: &Linux) -> Result<()> {
-        let rootfs_propagation = linux.rootfs_propagation().as_deref();
-        let flags = match rootfs_propagation {
-            Some("shared") => Some(MsFlags::MS_SHARED),
-            Some("unbindable") => Some(MsFlags::MS_UNBINDABLE),
-            _ => None,
+        // podnet patch: the recursive names apply to the whole tree, as runc applies them
+        // after pivot_root; private needs nothing more (the rootfs' parent was made private).
+        let flags = match linux.rootfs_propagation().as_deref().and_then(propagation_of) {
+            Some((MsFlags::MS_PRIVATE, _)) | None => None,
+            Some((MsFlags::MS_SLAVE, false)) => None,
+            Some((kind, true)) => Some(kind | MsFlags::MS_REC),
+            Some((kind, false)) => Some(kind),
         };
 
         if let Some(flags) = flags {
