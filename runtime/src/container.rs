@@ -542,7 +542,11 @@ impl Container {
     }
 
     /// Runs a process in the running container, with the given OCI process (args, env, cwd,
-    /// user, terminal, capabilities...). It is started when this returns.
+    /// user, terminal, capabilities...). It is started when this returns. The process decides
+    /// what the OCI spec lets a process decide; the rest of its confinement is the container's,
+    /// as for the init: namespaces, cgroup, seccomp profile (libcontainer is patched for it,
+    /// third_party/README.md), and the same adaptation of the process as the init's
+    /// (`spec::prepare_process`: AppArmor where the kernel has it, oomScoreAdj on the process).
     pub fn exec(
         &self,
         exec_id: &str,
@@ -557,10 +561,13 @@ impl Container {
         if self.execs.lock().unwrap_or_else(|p| p.into_inner()).contains_key(exec_id) {
             return Err(Error::AlreadyExists(format!("{}/{exec_id}", self.id)));
         }
+        let mut proc_spec = proc_spec.clone();
+        let oom_score_adj = spec::prepare_process(&mut proc_spec, "process", &mut Vec::new())
+            .map_err(|(field, msg)| Error::spec(format!("exec {exec_id:?} in {:?}", self.id), field, msg))?;
         let json = self.dir.join(format!("exec-{exec_id}.json"));
-        let bytes = serde_json::to_vec(proc_spec).map_err(|e| Error::io("encoding the exec process", e.into()))?;
+        let bytes = serde_json::to_vec(&proc_spec).map_err(|e| Error::io("encoding the exec process", e.into()))?;
         fs::write(&json, bytes).map_err(|e| Error::io(format!("writing {}", json.display()), e))?;
-        let result = self.exec_in(exec_id, &json, proc_spec, stdio_cfg, runtime);
+        let result = self.exec_in(exec_id, &json, &proc_spec, oom_score_adj, stdio_cfg, runtime);
         let _ = fs::remove_file(&json);
         let exec = Arc::new(result?);
         self.execs.lock().unwrap_or_else(|p| p.into_inner()).insert(exec_id.to_string(), exec.clone());
@@ -572,6 +579,7 @@ impl Container {
         exec_id: &str,
         json: &Path,
         proc_spec: &OciProcess,
+        oom_score_adj: Option<i32>,
         stdio_cfg: StdioConfig,
         runtime: &Runtime,
     ) -> Result<ExecProcess> {
@@ -584,6 +592,9 @@ impl Container {
             b.with_executor(SpecExecutor).as_tenant().with_process(Some(json)).with_detach(true).build()
         })?;
         let process = Process::from_child(pid.as_raw()).map_err(|e| Error::io(what.clone(), e))?;
+        if let Some(score) = oom_score_adj {
+            set_oom_score_adj(pid.as_raw(), score).inspect_err(|_| process.kill_and_reap())?;
+        }
         let io = pending.start(&what).inspect_err(|_| process.kill_and_reap())?;
         Ok(ExecProcess { id: exec_id.to_string(), process, io })
     }

@@ -9,7 +9,7 @@ use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use libcontainer::oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
+use libcontainer::oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Process, Spec};
 
 use crate::error::{Error, Result};
 
@@ -86,29 +86,31 @@ pub fn prepare(mut spec: Spec, bundle: &Path, file: &Path, cgroup_default: &str)
     root.set_path(root_path);
     spec.set_root(Some(root));
 
-    let process = spec.process().as_ref().ok_or_else(|| bad("process", "missing".into()))?;
-    match process.args() {
-        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
-        _ => return Err(bad("process.args", "empty: nothing to run".into())),
-    }
-    if !process.cwd().is_absolute() {
-        return Err(bad("process.cwd", format!("{} is not absolute", process.cwd().display())));
-    }
-    let mut process = process.clone();
-    let oom_score_adj = process.oom_score_adj();
-    process.set_oom_score_adj(None);
-    if let Some(profile) = process.apparmor_profile().clone() {
-        if !apparmor_enabled() {
-            let w = format!("process.apparmorProfile {profile:?} skipped: AppArmor is not enabled on this kernel");
-            tracing::warn!("{w}");
-            warnings.push(w);
-            process.set_apparmor_profile(None);
+    let mut process = spec.process().clone().ok_or_else(|| bad("process", "missing".into()))?;
+    let oom_score_adj = prepare_process(&mut process, "process", &mut warnings).map_err(|(f, m)| bad(&f, m))?;
+    spec.set_process(Some(process));
+
+    if let Some(mounts) = spec.mounts() {
+        for (i, m) in mounts.iter().enumerate() {
+            check_mount_options(m.options().as_deref().unwrap_or_default())
+                .map_err(|msg| bad(&format!("mounts[{i}].options"), msg))?;
         }
     }
-    spec.set_process(Some(process));
 
     let linux = spec.linux().as_ref().ok_or_else(|| bad("linux", "missing".into()))?;
     let mut linux = linux.clone();
+    match linux.rootfs_propagation().as_deref() {
+        Some("") => {
+            linux.set_rootfs_propagation(None);
+        }
+        Some(p) if !PROPAGATIONS.contains(&p) => {
+            return Err(bad(
+                "linux.rootfsPropagation",
+                format!("{p:?} is not a propagation type (one of {})", PROPAGATIONS.join(", ")),
+            ));
+        }
+        _ => {}
+    }
     if let Some(namespaces) = linux.namespaces() {
         let mut seen = Vec::new();
         for (i, ns) in namespaces.iter().enumerate() {
@@ -147,6 +149,67 @@ pub fn prepare(mut spec: Spec, bundle: &Path, file: &Path, cgroup_default: &str)
     }
 
     Ok(Prepared { spec, oom_score_adj, warnings })
+}
+
+/// Every mount propagation name of the OCI runtime spec, for `linux.rootfsPropagation` and for
+/// mount options.
+pub const PROPAGATIONS: [&str; 8] =
+    ["private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable", "runbindable"];
+
+/// Checks and adapts a process (a container's, or an exec's `field` = "process" for its JSON
+/// path) the same way for an init and for an exec, so that both run under the same rules:
+/// something to run, an absolute cwd, AppArmor skipped with a warning where the kernel has none.
+/// `oomScoreAdj` is taken out and returned: libcontainer would write it into the calling
+/// process (the shim), so the runtime writes it to the new process itself. An explicit
+/// `noNewPrivileges: false` becomes unset, which is what it means: libcontainer installs a
+/// seccomp profile before dropping capabilities only when the field is unset, and after it
+/// (where installing fails without CAP_SYS_ADMIN) when it is false.
+pub(crate) fn prepare_process(
+    process: &mut Process,
+    field: &str,
+    warnings: &mut Vec<String>,
+) -> std::result::Result<Option<i32>, (String, String)> {
+    match process.args() {
+        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
+        _ => return Err((format!("{field}.args"), "empty: nothing to run".into())),
+    }
+    if !process.cwd().is_absolute() {
+        return Err((format!("{field}.cwd"), format!("{} is not absolute", process.cwd().display())));
+    }
+    let oom_score_adj = process.oom_score_adj();
+    process.set_oom_score_adj(None);
+    if process.no_new_privileges() == Some(false) {
+        process.set_no_new_privileges(None);
+    }
+    if let Some(profile) = process.apparmor_profile().clone() {
+        if !apparmor_enabled() {
+            let w = format!("{field}.apparmorProfile {profile:?} skipped: AppArmor is not enabled on this kernel");
+            tracing::warn!("{w}");
+            warnings.push(w);
+            process.set_apparmor_profile(None);
+        }
+    }
+    Ok(oom_score_adj)
+}
+
+/// Refuses what a mount's options cannot mean together. A recursive read-only mount (`rro`)
+/// is read-only at every level below it when it is made; a mount that is also read-write, or
+/// that keeps receiving mounts (shared or slave propagation), would not stay so: the mount is
+/// refused, as containerd's CRI refuses a recursive read-only volume that is not read-only or
+/// not private.
+fn check_mount_options(options: &[String]) -> std::result::Result<(), String> {
+    if !options.iter().any(|o| o == "rro") {
+        return Ok(());
+    }
+    if options.iter().any(|o| o == "rw") {
+        return Err("\"rro\" (recursive read-only) conflicts with \"rw\"".into());
+    }
+    if let Some(p) = options.iter().find(|o| matches!(o.as_str(), "shared" | "rshared" | "slave" | "rslave")) {
+        return Err(format!(
+            "\"rro\" (recursive read-only) needs private propagation, got {p:?}: mounts propagated into it later would be writable"
+        ));
+    }
+    Ok(())
 }
 
 /// libcontainer mounts cgroup v1 by looking up its parent's cgroups in the host's /proc under
@@ -354,6 +417,57 @@ mod tests {
         let e = prepare(parse(&file, systemd.as_bytes()).unwrap(), &dir, &file, "/x").unwrap_err().to_string();
         assert!(e.contains("systemd"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mount_options_and_root_propagation_are_checked() {
+        let opts = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        check_mount_options(&opts(&["rbind", "rprivate", "rro"])).unwrap();
+        check_mount_options(&opts(&["rbind", "rshared", "rw"])).unwrap();
+        assert!(check_mount_options(&opts(&["rbind", "rro", "rw"])).unwrap_err().contains("conflicts with \"rw\""));
+        for p in ["shared", "rshared", "slave", "rslave"] {
+            let e = check_mount_options(&opts(&["rbind", p, "rro"])).unwrap_err();
+            assert!(e.contains("needs private propagation") && e.contains(p), "{e}");
+        }
+
+        let dir = std::env::temp_dir().join(format!("podnet-spec3-{}", std::process::id()));
+        fs::create_dir_all(dir.join("rootfs")).unwrap();
+        let file = dir.join("config.json");
+        let with = |extra: &str| parse(&file, minimal(extra).as_bytes()).unwrap();
+        let with_root = |p: &str| {
+            let mut spec = with("");
+            let mut linux = spec.linux().clone().unwrap();
+            linux.set_rootfs_propagation(Some(p.to_string()));
+            spec.set_linux(Some(linux));
+            spec
+        };
+        for p in PROPAGATIONS {
+            prepare(with_root(p), &dir, &file, "/x").unwrap_or_else(|e| panic!("{p}: {e}"));
+        }
+        let bad = with_root("rsharde");
+        let e = prepare(bad, &dir, &file, "/x").unwrap_err().to_string();
+        assert!(e.contains("linux.rootfsPropagation: \"rsharde\" is not a propagation type"), "{e}");
+        let e = prepare(
+            with(r#","mounts":[{"destination":"/m","type":"bind","source":"/tmp","options":["rbind","rro","rw"]}]"#),
+            &dir,
+            &file,
+            "/x",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("mounts[0].options"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_explicit_no_new_privileges_false_is_unset() {
+        let json = minimal("").replace(r#""cwd":"/""#, r#""cwd":"/","noNewPrivileges":false"#);
+        let mut process = parse(Path::new("c"), json.as_bytes()).unwrap().process().clone().unwrap();
+        prepare_process(&mut process, "process", &mut Vec::new()).unwrap();
+        assert_eq!(process.no_new_privileges(), None);
+        let mut empty = process.clone();
+        empty.set_args(Some(vec![]));
+        assert_eq!(prepare_process(&mut empty, "process", &mut Vec::new()).unwrap_err().0, "process.args");
     }
 
     #[test]

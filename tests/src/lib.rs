@@ -8,6 +8,7 @@ pub mod containerd;
 pub mod cri;
 pub mod cri_stream;
 pub mod leaks;
+pub mod mounts;
 pub mod oci;
 pub mod rt;
 pub mod shim;
