@@ -365,7 +365,7 @@ impl Shim {
         let mut resp = WaitResponse::new();
         resp.exit_status = exit.code as u32;
         resp.exited_at = ts(exit.at);
-        let payload = resp.write_to_bytes().unwrap_or_default();
+        let payload = encode(&resp);
         let (ready, rest): (Vec<Waiter>, Vec<Waiter>) =
             std::mem::take(&mut self.waiters).into_iter().partition(|w| w.id == id && w.exec_id == exec_id);
         self.waiters = rest;
@@ -373,7 +373,7 @@ impl Shim {
             self.done.push(Deferred {
                 conn: w.conn,
                 stream: w.stream,
-                payload: crate::ttrpc::response(Ok(payload.clone())),
+                payload: crate::ttrpc::response(payload.clone()),
             });
         }
     }

@@ -85,24 +85,40 @@ impl std::fmt::Display for RpcError {
 
 impl std::error::Error for RpcError {}
 
-/// A response frame's payload for a result.
+/// `Response{status: Status{code: INTERNAL}}` as protobuf bytes: the reply when not even a
+/// short error reply could be encoded.
+const INTERNAL_REPLY: [u8; 4] = [0x0a, 0x02, 0x08, 0x0d];
+
+/// A response frame's payload for a result. A reply that cannot go out as one ttrpc message
+/// (over [`MAX_LEN`], or not encodable) becomes an error reply saying so, as ttrpc-go's server
+/// does, never an empty frame the peer would take for an answer.
 pub fn response(result: Result<Vec<u8>, RpcError>) -> Vec<u8> {
+    let failure = match encode_response(result) {
+        Ok(bytes) if bytes.len() <= MAX_LEN => return bytes,
+        Ok(bytes) => RpcError::new(
+            Code::RESOURCE_EXHAUSTED,
+            format!("the reply of {} bytes exceeds ttrpc's {MAX_LEN}-byte message limit", bytes.len()),
+        ),
+        Err(e) => RpcError::internal(format!("encoding the reply: {e}")),
+    };
+    encode_response(Err(failure)).unwrap_or_else(|_| INTERNAL_REPLY.to_vec())
+}
+
+fn encode_response(result: Result<Vec<u8>, RpcError>) -> protobuf::Result<Vec<u8>> {
     let mut resp = Response::new();
+    let mut st = Status::new();
     match result {
         Ok(payload) => {
-            let mut st = Status::new();
             st.code = Code::OK.into();
-            resp.status = Some(st).into();
             resp.payload = payload;
         }
         Err(e) => {
-            let mut st = Status::new();
             st.code = e.code.into();
             st.message = e.message;
-            resp.status = Some(st).into();
         }
     }
-    resp.write_to_bytes().unwrap_or_default()
+    resp.status = Some(st).into();
+    resp.write_to_bytes()
 }
 
 /// `unix:///path` or a plain path: the socket path.
@@ -199,6 +215,29 @@ mod tests {
     fn oversized_frames_are_refused() {
         let mut buf = vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0];
         assert!(decode(&mut buf).unwrap_err().contains("exceeds"));
+    }
+
+    #[test]
+    fn a_reply_over_the_message_limit_is_an_error_reply() {
+        let bytes = response(Ok(vec![7; MAX_LEN]));
+        assert!(bytes.len() <= MAX_LEN, "{} bytes", bytes.len());
+        let r = Response::parse_from_bytes(&bytes).unwrap();
+        assert_eq!(r.status.code.enum_value_or(Code::OK), Code::RESOURCE_EXHAUSTED);
+        assert!(r.status.message.contains("limit"), "{}", r.status.message);
+        assert!(r.payload.is_empty());
+        // An error too long to send is cut to a status that fits.
+        let r = Response::parse_from_bytes(&response(Err(RpcError::internal("x".repeat(MAX_LEN))))).unwrap();
+        assert_eq!(r.status.code.enum_value_or(Code::OK), Code::RESOURCE_EXHAUSTED);
+        // Right at the limit the reply goes out as it is.
+        let fits = response(Ok(vec![7; MAX_LEN - 16]));
+        let r = Response::parse_from_bytes(&fits).unwrap();
+        assert_eq!((r.status.code.enum_value_or(Code::UNKNOWN), r.payload.len()), (Code::OK, MAX_LEN - 16));
+    }
+
+    #[test]
+    fn the_last_resort_reply_is_internal() {
+        let r = Response::parse_from_bytes(&INTERNAL_REPLY).unwrap();
+        assert_eq!(r.status.code.enum_value_or(Code::OK), Code::INTERNAL);
     }
 
     #[test]
