@@ -214,7 +214,11 @@ pub fn invoke(inv: &Invocation) -> Outcome {
             Ok(o) => o,
             Err(_) => {
                 if inv.command() == "DEL" {
-                    start::remove_dead_socket(&h.socket(&id));
+                    // The DEL itself can still succeed: this goes to containerd's log (it
+                    // passes a plugin's stderr on), not into the CNI result.
+                    if let Err(e) = start::try_remove_dead_socket(&h.socket(&id)) {
+                        eprintln!("podnet: DEL of {id:?}: {e}");
+                    }
                 }
                 inv.run_here()
             }

@@ -109,13 +109,27 @@ pub fn parse_ports(spec: &str) -> Result<Vec<Value>, String> {
     Ok(out)
 }
 
+/// The network namespace the shim makes for standalone pod `id`, under `netns_dir`.
+fn netns_name(id: &str) -> String {
+    format!("podnet-{id}")
+}
+
+/// The CNI_ARGS a standalone pod's network is set up and torn down with.
+fn pod_args(namespace: &str, id: &str) -> Vec<(String, String)> {
+    vec![
+        ("IgnoreUnknown".into(), "1".into()),
+        ("K8S_POD_NAMESPACE".into(), namespace.to_string()),
+        ("K8S_POD_NAME".into(), id.to_string()),
+        ("K8S_POD_INFRA_CONTAINER_ID".into(), id.to_string()),
+    ]
+}
+
 /// Creates the pod's namespace and runs ADD of the default network in it. On failure nothing is
 /// left.
 pub fn setup(cfg: &Config, namespace: &str, id: &str, ports: &[Value]) -> Result<NetRecord, String> {
     let (conf_file, conflist) = default_conflist(&cfg.conf_dir)?;
     let net = parse_conflist(&conf_file, &conflist)?;
-    let name = format!("podnet-{id}");
-    let ns = podnet_netns::NetNs::create(&name, Some(&cfg.netns_dir)).map_err(|e| e.to_string())?;
+    let ns = podnet_netns::NetNs::create(&netns_name(id), Some(&cfg.netns_dir)).map_err(|e| e.to_string())?;
     let mut runtime_config = Map::new();
     if !ports.is_empty() {
         runtime_config.insert("portMappings".into(), Value::Array(ports.to_vec()));
@@ -127,12 +141,7 @@ pub fn setup(cfg: &Config, namespace: &str, id: &str, ports: &[Value]) -> Result
         conf_file,
         conflist,
         runtime_config,
-        args: vec![
-            ("IgnoreUnknown".into(), "1".into()),
-            ("K8S_POD_NAMESPACE".into(), namespace.to_string()),
-            ("K8S_POD_NAME".into(), id.to_string()),
-            ("K8S_POD_INFRA_CONTAINER_ID".into(), id.to_string()),
-        ],
+        args: pod_args(namespace, id),
         result: None,
     };
     drop(ns);
@@ -180,6 +189,30 @@ pub fn teardown(rec: &NetRecord) -> Result<(), String> {
         Ok(())
     } else {
         Err(errs.join("; "))
+    }
+}
+
+/// The network of standalone pod `id` whose record is lost (unreadable): DEL of the default
+/// network, which finds the veth, the addresses and the rules from the engine's own attachment
+/// record (and is a no-op for a network the pod never joined), then the namespace
+/// `podnet-<id>`. Everything is tried; all failures are reported.
+pub fn teardown_unrecorded(cfg: &Config, namespace: &str, id: &str) -> Result<(), String> {
+    let netns = cfg.netns_dir.join(netns_name(id));
+    match default_conflist(&cfg.conf_dir) {
+        Ok((conf_file, conflist)) => teardown(&NetRecord {
+            container_id: id.to_string(),
+            ifname: cfg.ifname.clone(),
+            netns,
+            conf_file,
+            conflist,
+            runtime_config: Map::new(),
+            args: pod_args(namespace, id),
+            result: None,
+        }),
+        Err(e) => match podnet_netns::delete(&netns) {
+            Ok(()) => Err(e),
+            Err(ns) => Err(format!("{e}; {ns}")),
+        },
     }
 }
 

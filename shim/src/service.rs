@@ -109,7 +109,7 @@ impl BundleSpec {
     }
 
     /// Whether the spec asks for a new namespace of `kind` (listed, without a path).
-    fn wants_new(&self, kind: &str) -> bool {
+    pub fn wants_new(&self, kind: &str) -> bool {
         self.namespaces.iter().any(|(t, p)| t == kind && !p)
     }
 }
@@ -127,8 +127,16 @@ impl BundleRecord {
         let bytes = serde_json::to_vec(self).map_err(|e| e.to_string())?;
         std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
-    pub fn read(bundle: &Path) -> Option<BundleRecord> {
-        serde_json::from_slice(&std::fs::read(bundle.join(BUNDLE_RECORD)).ok()?).ok()
+    /// None: the bundle has no record (the shim set nothing up for it). A record that cannot
+    /// be read is an error naming it, never "nothing there": the pod may still hold a network.
+    pub fn read(bundle: &Path) -> Result<Option<BundleRecord>, String> {
+        let path = bundle.join(BUNDLE_RECORD);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("bundle record {}: {e}", path.display())),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("bundle record {}: corrupt: {e}", path.display()))
     }
 }
 

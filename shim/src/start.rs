@@ -104,25 +104,49 @@ pub fn ensure_shim(flags: &Flags, group: &str, cwd: &Path, env: &[(String, Strin
 /// An exclusive lock on the socket directory, held until dropped.
 pub fn socket_dir_lock() -> Result<std::fs::File, String> {
     std::fs::create_dir_all(SOCKET_DIR).map_err(|e| format!("creating {SOCKET_DIR}: {e}"))?;
-    let path = Path::new(SOCKET_DIR).join(".lock");
+    lock_dir(Path::new(SOCKET_DIR))
+}
+
+fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
+    let path = dir.join(".lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(format!("locking {}: {}", path.display(), std::io::Error::last_os_error()));
+    loop {
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("locking {}: {e}", path.display()));
+        }
     }
-    Ok(f)
 }
 
-/// Removes the socket at `path` if no shim answers there (under the directory lock).
+/// Removes the socket at `path` if no shim answers there. Only under its directory's lock: a
+/// `start` that just bound a new shim's socket there must not lose it, so without the lock
+/// nothing is removed.
+pub fn try_remove_dead_socket(path: &Path) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let _lock = lock_dir(dir).map_err(|e| format!("leaving the shim socket {} in place: {e}", path.display()))?;
+    if !path.exists() || UnixStream::connect(path).is_ok() {
+        return Ok(());
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing the dead shim's socket {}: {e}", path.display())),
+    }
+}
+
+/// [`try_remove_dead_socket`] for a caller whose only report is its log (an exiting daemon).
 pub fn remove_dead_socket(path: &Path) {
-    let _lock = socket_dir_lock();
-    if path.exists() && UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
+    if let Err(e) = try_remove_dead_socket(path) {
+        tracing::warn!("{e}");
     }
 }
 
@@ -184,21 +208,31 @@ pub fn inherited_listener() -> Result<UnixListener, String> {
 }
 
 /// `delete`: what containerd runs when the shim is gone. Kills what is left of the container,
-/// unmounts its rootfs and releases the pod network; reports every failure.
+/// unmounts its rootfs and releases the pod network; reports every failure. A bundle record
+/// that cannot be read is one of them, and does not stop the rest: the container and the
+/// network are then looked for where podnet's config puts them.
 pub fn delete(flags: &Flags) -> Result<DeleteResponse, String> {
     if flags.id.is_empty() {
         return Err("delete needs -id".into());
     }
     let bundle = bundle_dir(flags)?;
     let mut errs = Vec::new();
-    let record = BundleRecord::read(&bundle);
-    let root = match &record {
-        Some(r) => r.runtime_root.clone(),
-        None => Config::load(None)
-            .map(|c| c.state_dir)
-            .unwrap_or_else(|_| PathBuf::from(crate::config::DEFAULT_STATE_DIR))
-            .join("runtime")
-            .join(&flags.namespace),
+    let (record, lost) = match BundleRecord::read(&bundle) {
+        Ok(r) => (r, false),
+        Err(e) => {
+            errs.push(e);
+            (None, true)
+        }
+    };
+    let (root, cfg) = match &record {
+        Some(r) => (r.runtime_root.clone(), None),
+        None => {
+            let cfg = Config::load(None).unwrap_or_else(|e| {
+                errs.push(format!("{e} (looking under the default paths instead)"));
+                Config::default()
+            });
+            (cfg.state_dir.join("runtime").join(&flags.namespace), Some(cfg))
+        }
     };
     if root.exists() {
         match podnet_runtime::Runtime::new(&root) {
@@ -211,19 +245,40 @@ pub fn delete(flags: &Flags) -> Result<DeleteResponse, String> {
         }
     }
     mount::unmount(&bundle.join("rootfs"));
+    let spec = BundleSpec::read(&bundle);
     // The dead shim's socket: nothing answers there any more (a live one is left alone).
-    if let Ok(spec) = BundleSpec::read(&bundle) {
+    if let Ok(spec) = &spec {
         let group = group_of(&spec.annotations).unwrap_or_else(|| flags.id.clone());
         let path = crate::ttrpc::socket_path(&socket_address(&flags.address, &flags.namespace, &group));
-        remove_dead_socket(&path);
-    }
-    if let Some(rec) = record.as_ref().and_then(|r| r.network.as_ref()) {
-        if let Err(e) = network::teardown(rec) {
-            errs.push(format!("releasing the pod network: {e}"));
+        if let Err(e) = try_remove_dead_socket(&path) {
+            errs.push(e);
         }
     }
-    if errs.is_empty() {
-        let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD));
+    match (&record, cfg) {
+        (Some(rec), _) => {
+            if let Some(net) = &rec.network {
+                if let Err(e) = network::teardown(net) {
+                    errs.push(format!("releasing the pod network: {e}"));
+                }
+            }
+        }
+        // Only a container that asked for a network namespace of its own can have had its
+        // network from the shim (an unreadable spec could have asked for anything).
+        (None, Some(cfg)) if lost && spec.as_ref().map_or(true, |s| s.wants_new("network")) => {
+            if let Err(e) = network::teardown_unrecorded(&cfg, &flags.namespace, &flags.id) {
+                errs.push(format!("releasing the pod network without its record: {e}"));
+            }
+        }
+        (None, _) => {}
+    }
+    // A record that could not be read stays, for whoever looks into why.
+    if errs.is_empty() && record.is_some() {
+        let path = bundle.join(BUNDLE_RECORD);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errs.push(format!("removing {}: {e}", path.display())),
+        }
     }
     let mut resp = DeleteResponse::new();
     resp.exit_status = (128 + libc::SIGKILL) as u32;
@@ -254,6 +309,62 @@ mod tests {
         assert_ne!(a, socket_address("/run/containerd/containerd.sock", "default", "pod1"));
         assert_ne!(a, socket_address("/run/other.sock", "k8s.io", "pod1"));
         assert_ne!(socket_address("a", "bc", "d"), socket_address("ab", "c", "d"));
+    }
+
+    /// A scratch directory for one test, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("podnet-start-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_corrupt_or_unreadable_bundle_record_is_an_error_naming_it() {
+        let dir = Scratch::new("record");
+        let path = dir.0.join(BUNDLE_RECORD);
+        assert!(BundleRecord::read(&dir.0).unwrap().is_none(), "no record: nothing was set up");
+        BundleRecord { runtime_root: "/r".into(), network: None }.write(&dir.0).unwrap();
+        assert_eq!(BundleRecord::read(&dir.0).unwrap().unwrap().runtime_root, Path::new("/r"));
+        std::fs::write(&path, b"{\"runtime_root\": ").unwrap();
+        let e = BundleRecord::read(&dir.0).unwrap_err();
+        assert!(e.contains(&path.display().to_string()) && e.contains("corrupt"), "{e}");
+        // A directory where the record should be: unreadable, not absent.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let e = BundleRecord::read(&dir.0).unwrap_err();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn a_dead_socket_is_removed_only_under_the_lock() {
+        let dir = Scratch::new("socket");
+        let dead = dir.0.join("dead");
+        drop(UnixListener::bind(&dead).unwrap());
+        let live = dir.0.join("live");
+        let _listener = UnixListener::bind(&live).unwrap();
+        // The lock cannot be taken (its file is a directory): nothing may be unlinked.
+        let lock = dir.0.join(".lock");
+        std::fs::create_dir(&lock).unwrap();
+        let e = try_remove_dead_socket(&dead).unwrap_err();
+        assert!(e.contains(&lock.display().to_string()) && e.contains(&dead.display().to_string()), "{e}");
+        assert!(dead.exists(), "unlinked without the lock");
+        std::fs::remove_dir(&lock).unwrap();
+        try_remove_dead_socket(&dead).unwrap();
+        assert!(!dead.exists(), "the dead socket stayed");
+        try_remove_dead_socket(&dead).unwrap();
+        try_remove_dead_socket(&live).unwrap();
+        assert!(live.exists(), "a live shim's socket was removed");
     }
 
     #[test]

@@ -1419,3 +1419,72 @@ fn delete_cleans_up_after_a_killed_shim() {
     assert_eq!(events, ["/tasks/create", "/tasks/start"]);
     env.finish();
 }
+
+/// The engine's attachment records of network `net` under the test conflist's stateDir.
+fn attachment_records(env: &Env, net: &str) -> Vec<String> {
+    let dir = env.dir.path().join("cni").join(net);
+    podnet_tests::files_in(&dir).into_iter().filter(|f| !f.starts_with('.')).collect()
+}
+
+/// A dead shim's `delete` whose bundle record is corrupt (a torn write, a full disk): the error
+/// names the record, and the pod's network is still released from what is known without it
+/// (the default network's attachment record, the namespace `podnet-<id>`), with the container.
+#[test]
+#[ignore = "needs root"]
+fn delete_with_a_corrupt_bundle_record_names_it_and_still_releases_the_network() {
+    let env = Env::new();
+    let net = "pdcor";
+    let mut list = conflist(&env, net, &bridge_name(), "10.213.3.0/24");
+    list["plugins"][0]["capabilities"] = json!({"portMappings": true});
+    fs::write(env.conf_dir().join("10-test.conflist"), list.to_string()).expect("conflist");
+    let id = unique("cor");
+    let spec = Spec::new(&shared_busybox_rootfs(), &["sleep", "1000"])
+        .cgroups_path(&env.cgroup(&id))
+        .annotation("podnet.io/ports", "18080:80/tcp");
+    let b = env.bundle(&id, &spec);
+    let (_, socket) = env.start(&b);
+    let daemon = b.shim_pid().expect("shim.pid");
+    let mut c = connect(&socket);
+    let created: CreateTaskResponse =
+        call(&mut c, "Create", &create_req(&b)).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
+    let pid = created.pid as i32;
+    let _: StartResponse = call(&mut c, "Start", &id_req(|r: &mut StartRequest| r.id = id.clone())).expect("Start");
+    drop(c);
+    let netns = Path::new(NETNS_DIR).join(format!("podnet-{id}"));
+    assert!(netns.exists(), "{} after Create", netns.display());
+    assert_eq!(reservations(&env.ipam_dir(), net).len(), 1, "one IP reserved");
+    assert_eq!(podnet_veths(env.node()).len(), 1, "one host veth");
+    let rules = tagged_rules(env.node(), &format!("podnet/{net}/"));
+    assert!(rules.iter().any(|r| r.contains("18080")), "a hostPort rule: {rules:#?}");
+    assert_eq!(attachment_records(&env, net).len(), 1, "one attachment record");
+
+    // SAFETY: the test's own shim daemon.
+    assert_eq!(unsafe { libc::kill(daemon, libc::SIGKILL) }, 0);
+    assert!(wait_gone(daemon, Duration::from_secs(5)), "the daemon survived SIGKILL");
+    fs::write(b.record(), b"{\"runtime_root\": \"/run/po").expect("corrupting the bundle record");
+
+    let out = env.run_shim(&id, &b.dir, "delete");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "delete with a corrupt record succeeded: {out:?}");
+    assert!(stderr.contains(&b.record().display().to_string()), "the error names the record: {stderr}");
+    assert!(wait_gone(pid, Duration::from_secs(5)), "the container process {pid} survived delete");
+    assert!(
+        podnet_tests::retry(200, Duration::from_millis(10), || cgroup_dirs(&env.cgroup(&id)).is_empty()),
+        "cgroup left: {:?}",
+        cgroup_dirs(&env.cgroup(&id))
+    );
+    assert!(env.runtime_state().is_empty(), "runtime state left: {:?}", env.runtime_state());
+    assert!(!netns.exists(), "{} left", netns.display());
+    assert_eq!(reservations(&env.ipam_dir(), net), Vec::<String>::new(), "IP reservation left");
+    assert_eq!(podnet_veths(env.node()), Vec::<String>::new(), "host veth left");
+    assert_eq!(tagged_rules(env.node(), &format!("podnet/{net}/")), Vec::<String>::new(), "nft rules left");
+    assert_eq!(attachment_records(&env, net), Vec::<String>::new(), "attachment record left");
+    assert!(!socket.exists(), "the dead shim's socket {} left", socket.display());
+    // The unreadable record stays for whoever looks into it; a second delete says so again.
+    assert!(b.record().exists(), "the corrupt record was removed");
+    let again = env.run_shim(&id, &b.dir, "delete");
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("corrupt"), "{again:?}");
+    fs::remove_file(b.record()).expect("removing the corrupt record");
+    assert_eq!(env.events().topics(), ["/tasks/create", "/tasks/start"]);
+    env.finish();
+}
