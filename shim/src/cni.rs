@@ -230,29 +230,40 @@ pub fn invoke(inv: &Invocation) -> Outcome {
 
 /// GC: stale attachments whose shims are alive are deleted by those shims (which then exit
 /// when they hold nothing else), then the engine collects what is left (and reports a bad
-/// config).
+/// config). Records that could not be listed are an error even when the engine's own GC
+/// passes: their shims were never asked.
 fn gc(h: &Handoff, inv: &Invocation) -> Outcome {
-    if let Ok(input) = PluginInput::parse(inv.stdin.as_bytes()) {
-        let valid = input.valid_attachments.unwrap_or_default();
-        let state_dir = input.raw.get("stateDir").and_then(Value::as_str).map(Path::new);
-        let records = AttachmentStore::new(state_dir, &input.name).list().unwrap_or_default();
-        for (cid, ifname, _) in records {
-            if valid.iter().any(|(c, i)| *c == cid && *i == ifname) || !h.socket(&cid).exists() {
-                continue;
-            }
-            let mut env = inv.env.clone();
-            env.insert("CNI_COMMAND".into(), "DEL".into());
-            env.insert("CNI_CONTAINERID".into(), cid.clone());
-            env.insert("CNI_IFNAME".into(), ifname.clone());
-            env.insert("CNI_NETNS".into(), String::new());
-            let del = Invocation { env, stdin: inv.stdin.clone() };
-            // Not reachable or failed: the engine's GC below removes it.
-            if h.call(&cid, &del, false).is_ok_and(|o| o.exit_code == 0) {
-                tracing::info!(container = %cid, "GC: the pod's shim released a stale attachment");
-            }
+    let unlisted = PluginInput::parse(inv.stdin.as_bytes())
+        .ok()
+        .and_then(|input| hand_stale_to_shims(h, inv, &input).err().map(|e| (input.cni_version, e)));
+    let outcome = inv.run_here();
+    match unlisted {
+        Some((version, e)) if outcome.exit_code == 0 => Outcome::error(&version, &e),
+        _ => outcome,
+    }
+}
+
+/// Asks each live pod shim that holds an attachment of the network not in the valid list to
+/// DEL it.
+fn hand_stale_to_shims(h: &Handoff, inv: &Invocation, input: &PluginInput) -> Result<(), CniError> {
+    let valid = input.valid_attachments.as_deref().unwrap_or(&[]);
+    let state_dir = input.raw.get("stateDir").and_then(Value::as_str).map(Path::new);
+    for (cid, ifname, _) in AttachmentStore::new(state_dir, &input.name).list()? {
+        if valid.iter().any(|(c, i)| *c == cid && *i == ifname) || !h.socket(&cid).exists() {
+            continue;
+        }
+        let mut env = inv.env.clone();
+        env.insert("CNI_COMMAND".into(), "DEL".into());
+        env.insert("CNI_CONTAINERID".into(), cid.clone());
+        env.insert("CNI_IFNAME".into(), ifname.clone());
+        env.insert("CNI_NETNS".into(), String::new());
+        let del = Invocation { env, stdin: inv.stdin.clone() };
+        // Not reachable or failed: the engine's GC removes it.
+        if h.call(&cid, &del, false).is_ok_and(|o| o.exit_code == 0) {
+            tracing::info!(container = %cid, "GC: the pod's shim released a stale attachment");
         }
     }
-    inv.run_here()
+    Ok(())
 }
 
 #[cfg(test)]
@@ -312,6 +323,30 @@ mod tests {
         let v: Value = serde_json::from_str(&o.stdout).unwrap();
         assert_eq!((o.exit_code, v["code"].as_u64()), (1, Some(4)), "{}", o.stdout);
         assert!(o.stdout.contains("CNI_CONTAINERID"), "{}", o.stdout);
+    }
+
+    #[test]
+    fn gc_reports_attachment_records_it_cannot_list() {
+        let dir = std::env::temp_dir().join(format!("podnet-cni-gc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A file where the state directory should be: `<stateDir>/<network>` cannot be listed.
+        let state_dir = dir.join("state");
+        std::fs::write(&state_dir, b"").unwrap();
+        let conf = json!({
+            "cniVersion": "1.1.0", "name": "gcnet", "type": "podnet", "stateDir": state_dir,
+            "containerd": {"address": "/nonexistent/c.sock", "namespace": "k8s.io"},
+            "cni.dev/valid-attachments": [],
+        });
+        let input = PluginInput::parse(conf.to_string().as_bytes()).unwrap();
+        let h = Handoff::from_config(&conf).unwrap().unwrap();
+        let inv = Invocation { env: [("CNI_COMMAND".to_string(), "GC".to_string())].into(), stdin: conf.to_string() };
+        let e = hand_stale_to_shims(&h, &inv, &input).unwrap_err();
+        assert!(e.msg.contains(&state_dir.join("gcnet").display().to_string()), "{e:?}");
+        // An empty network (no directory yet) has nothing to hand over.
+        std::fs::remove_file(&state_dir).unwrap();
+        hand_stale_to_shims(&h, &inv, &input).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
