@@ -14,6 +14,7 @@
 mod capture;
 pub mod container;
 pub mod error;
+pub mod features;
 pub mod pod;
 pub mod process;
 pub mod sandbox;
@@ -25,6 +26,7 @@ use std::sync::Mutex;
 
 pub use container::{Container, CreateOptions, ExecProcess, Stats, Status};
 pub use error::{Error, Result};
+pub use features::features;
 pub use libcontainer::oci_spec;
 pub use pod::Pod;
 pub use process::{Exit, Process};

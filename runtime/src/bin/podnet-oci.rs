@@ -5,13 +5,15 @@
 //!   podnet-oci [--root DIR] pause ID        create and start a pause sandbox, then stop and
 //!                                            delete it (what starting a pod costs)
 //!   podnet-oci write-pause PATH             write the embedded static pause binary to PATH
+//!   podnet-oci features                     print the runtime's features (the OCI features
+//!                                            JSON, as `runc features` prints it)
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use podnet_runtime::{CreateOptions, Runtime, SandboxConfig, StdioConfig, DEFAULT_ROOT};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: podnet-oci [--root DIR] run ID BUNDLE | pause ID | write-pause PATH");
+    eprintln!("usage: podnet-oci [--root DIR] run ID BUNDLE | pause ID | write-pause PATH | features");
     ExitCode::from(2)
 }
 
@@ -24,6 +26,10 @@ fn main() -> ExitCode {
         }
         root = PathBuf::from(args.remove(1));
         args.remove(0);
+    }
+    // Needs no state directory, so it creates none.
+    if args == ["features"] {
+        return features();
     }
     let runtime = match Runtime::new(&root) {
         Ok(r) => r,
@@ -44,6 +50,19 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("podnet-oci: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn features() -> ExitCode {
+    match serde_json::to_string_pretty(&podnet_runtime::features()) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("podnet-oci: serialising the features: {e}");
             ExitCode::from(1)
         }
     }
