@@ -26,6 +26,8 @@ pub struct Flags {
     /// `start`, `delete`, or empty for the daemon.
     pub action: String,
     pub version: bool,
+    /// `-info`: containerd asks what the runtime supports (see `info`).
+    pub info: bool,
 }
 
 impl Flags {
@@ -50,6 +52,7 @@ impl Flags {
             };
             match name {
                 "v" | "version" => f.version = true,
+                "info" => f.info = true,
                 "debug" => f.debug = inline.as_deref().map(|v| v == "true" || v == "1").unwrap_or(true),
                 "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" => {
                     let value = match inline {
@@ -211,6 +214,8 @@ mod tests {
         let f = Flags::parse(&args("--namespace=n -id x -bundle /b delete")).unwrap();
         assert_eq!((f.bundle.as_str(), f.action.as_str()), ("/b", "delete"));
         assert!(Flags::parse(&args("-v")).unwrap().version);
+        let f = Flags::parse(&args("-info")).unwrap();
+        assert!(f.info && f.action.is_empty());
         assert!(Flags::parse(&args("-bogus 1")).unwrap_err().contains("-bogus"));
         assert!(Flags::parse(&args("-id")).unwrap_err().contains("needs a value"));
     }

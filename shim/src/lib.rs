@@ -4,6 +4,7 @@
 pub mod cni;
 pub mod config;
 pub mod events;
+pub mod info;
 pub mod log;
 pub mod metrics;
 pub mod mount;

@@ -1,10 +1,10 @@
 //! containerd-shim-podnet-v2. With CNI_COMMAND set it is the `podnet` CNI plugin (also
 //! installable as `bridge`, `portmap` and `loopback`: it dispatches on the config's `type`),
 //! which hands the call to the pod's shim when the config names containerd (see `cni`).
-//! Otherwise it is a containerd shim v2: `start`, `delete`, `-v`, or (no action) the daemon
-//! that `start` spawns.
+//! Otherwise it is a containerd shim v2: `start`, `delete`, `-v`, `-info`, or (no action) the
+//! daemon that `start` spawns.
 use podnet_shim::config::Flags;
-use podnet_shim::{log, server, service, start};
+use podnet_shim::{info, log, server, service, start};
 
 fn main() {
     if cni_bridge::plugin::invoked_as_plugin() {
@@ -24,6 +24,17 @@ fn main() {
         println!("  Revision: podnet");
         println!("  Go version: none (Rust)");
         return;
+    }
+    // A flag, not an action, as containerd passes it (`<shim> -info`, options on stdin).
+    if flags.info {
+        let code = match info::run(&mut std::io::stdin().lock(), &mut std::io::stdout().lock()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("containerd-shim-podnet-v2 -info: {e}");
+                1
+            }
+        };
+        std::process::exit(code);
     }
     let code = match flags.action.as_str() {
         "start" => match start::start(&flags) {
@@ -51,7 +62,7 @@ fn main() {
         },
         "" => daemon(flags),
         other => {
-            eprintln!("containerd-shim-podnet-v2: unknown action {other:?} (start, delete, -v)");
+            eprintln!("containerd-shim-podnet-v2: unknown action {other:?} (start, delete, -v, -info)");
             2
         }
     };
