@@ -612,21 +612,20 @@ mod tests {
         assert_eq!(back, spec().hostname("b").into_value());
     }
 
+    fn require_busybox() {
+        assert!(Path::new(BUSYBOX).exists(), "{BUSYBOX} is missing: hack/setup installs Debian's busybox-static");
+    }
+
     #[test]
-    fn busybox_is_static_or_absent() {
-        // Without busybox-static (plain `cargo test` off a setup machine) there is nothing to check.
-        if Path::new(BUSYBOX).exists() {
-            assert!(is_static_elf(Path::new(BUSYBOX)).unwrap(), "{BUSYBOX} is not static");
-        }
+    fn busybox_is_static() {
+        require_busybox();
+        assert!(is_static_elf(Path::new(BUSYBOX)).unwrap(), "{BUSYBOX} is not static");
         assert!(!is_static_elf(Path::new("/bin/ls")).unwrap_or(false), "/bin/ls should be dynamic");
     }
 
     #[test]
     fn rootfs_has_the_applets_and_accounts_tests_need() {
-        if !Path::new(BUSYBOX).exists() {
-            eprintln!("skipped: {BUSYBOX} is missing");
-            return;
-        }
+        require_busybox();
         // It runs busybox: keep the leak checker's tests from seeing those children.
         let _serial = crate::leaks::serial();
         let root = shared_busybox_rootfs();

@@ -2,10 +2,10 @@
 //! script itself (`--destdir`, so no root is needed and nothing outside a scratch dir is
 //! touched) and the results are parsed: the containerd drop-ins (config v3 and v2) and the k3s
 //! template as TOML, the conflist with the CNI engine's own parser, the kind config as YAML
-//! with each `containerdConfigPatches` entry as TOML. Where Debian's containerd 2.x and 1.7 are
-//! unpacked (hack/setup), `containerd config dump` checks that containerd merges the drop-in
-//! the way the templates say. The root test runs a real (non-destdir) install into scratch
-//! paths with the shim binary.
+//! with each `containerdConfigPatches` entry as TOML. `containerd config dump` of Debian's
+//! containerd 2.x and 1.7 (hack/setup unpacks them under /opt/podnet; the tests fail without
+//! them) checks that containerd merges the drop-in the way the templates say. The root test
+//! runs a real (non-destdir) install into scratch paths with the shim binary.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -32,15 +32,24 @@ fn fake_binary(dir: &Path) -> PathBuf {
     p
 }
 
-/// Runs hack/install with `args`, with a PATH that has no containerd on it (every call names
-/// the version or the binary).
+/// Runs hack/install with `args` under `wrapper` (a command line it is appended to, or none),
+/// with a PATH that has no containerd on it (every call names the version or the binary).
+fn install_with(wrapper: &[&str], args: &[&str]) -> Output {
+    let script = repo().join("hack/install");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(&script);
+            c
+        }
+        None => Command::new(&script),
+    };
+    cmd.args(args).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env_remove("CARGO_TARGET_DIR");
+    cmd.output().expect("run hack/install")
+}
+
 fn install(args: &[&str]) -> Output {
-    Command::new(repo().join("hack/install"))
-        .args(args)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .expect("run hack/install")
+    install_with(&[], args)
 }
 
 fn ok(o: Output) -> String {
@@ -242,16 +251,21 @@ fn containerd17_warns_that_imports_replace_the_cri_table() {
 // -------------------------------------------------------------------------------------------
 // What containerd itself makes of the drop-ins (Debian's containerd unpacked by hack/setup).
 
-/// `containerd -c MAIN config dump`, parsed; None (with a note) when that containerd is absent.
-fn config_dump(containerd: &str, main: &Path) -> Option<toml::Value> {
-    if !Path::new(containerd).exists() {
-        eprintln!("skipped: {containerd} is missing (hack/setup unpacks it)");
-        return None;
-    }
+/// Fails the test unless Debian's containerd is unpacked at `containerd`.
+fn require_containerd(containerd: &str) {
+    assert!(
+        Path::new(containerd).exists(),
+        "{containerd} is missing: hack/setup unpacks Debian's containerd 2.x and 1.7 under /opt/podnet (hack/install-containerd)"
+    );
+}
+
+/// `containerd -c MAIN config dump`, parsed.
+fn config_dump(containerd: &str, main: &Path) -> toml::Value {
+    require_containerd(containerd);
     let o = Command::new(containerd).arg("-c").arg(main).args(["config", "dump"]).output().expect("run containerd");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "config dump failed: {}{}", out, String::from_utf8_lossy(&o.stderr));
-    Some(parse_toml(&out, "containerd config dump"))
+    parse_toml(&out, "containerd config dump")
 }
 
 #[test]
@@ -267,7 +281,7 @@ fn containerd2_merges_the_v3_drop_in_into_config_toml() {
         ),
     )
     .unwrap();
-    let Some(v) = config_dump(CONTAINERD_2, &main) else { return };
+    let v = config_dump(CONTAINERD_2, &main);
     assert_handler(v3_handler(&v), "/etc/podnet/cri.d");
     // The user's own runc setting survives the import (2.x merges plugin tables).
     let runc = table(&v, &["plugins", V3_RUNTIME, "containerd", "runtimes", "runc", "options"]);
@@ -289,7 +303,7 @@ fn containerd2_merges_the_v2_drop_in_into_a_version2_config_toml() {
     )
     .unwrap();
     s.render(&["--containerd-version", "2"]);
-    let Some(v) = config_dump(CONTAINERD_2, &main) else { return };
+    let v = config_dump(CONTAINERD_2, &main);
     // Migrated to v3 names, both the user's setting and the handler kept.
     assert_handler(v3_handler(&v), "/etc/podnet/cri.d");
     let pinned = table(&v, &["plugins", "io.containerd.cri.v1.images", "pinned_images"]);
@@ -306,7 +320,7 @@ fn containerd17_reads_the_v2_drop_in() {
         format!("version = 2\nimports = [\"{}/*.toml\"]\n", s.at("/etc/containerd/conf.d").display()),
     )
     .unwrap();
-    let Some(v) = config_dump(CONTAINERD_17, &main) else { return };
+    let v = config_dump(CONTAINERD_17, &main);
     assert_handler(v2_handler(&v), "/etc/podnet/cri.d");
     let runtimes = table(&v, &["plugins", V2_CRI, "containerd", "runtimes"]);
     assert!(runtimes.contains_key("runc"), "the default handler must stay defined: {runtimes:#?}");
@@ -315,10 +329,7 @@ fn containerd17_reads_the_v2_drop_in() {
 #[test]
 fn containerd_version_is_asked_from_the_binary() {
     for (bin, cni_version, config_version) in [(CONTAINERD_2, "1.1.0", 3), (CONTAINERD_17, "1.0.0", 2)] {
-        if !Path::new(bin).exists() {
-            eprintln!("skipped: {bin} is missing");
-            continue;
-        }
+        require_containerd(bin);
         let s = Staged::new();
         s.render(&["--containerd", bin]);
         assert_eq!(conflist(&s.read("/etc/podnet/cri.d/10-podnet.conflist")).0.cni_version, cni_version);
@@ -655,13 +666,14 @@ fn dry_run_prints_and_writes_nothing() {
 #[test]
 fn a_real_install_needs_root() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        eprintln!("skipped: running as root");
-        return;
-    }
-    let o = install(&["--binary", "/bin/true", "--containerd-version", "2"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("needs root"));
+    let root = unsafe { libc::geteuid() } == 0;
+    // As root (hack/test), the refusal is checked as the user nobody.
+    let wrapper: &[&str] =
+        if root { &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"] } else { &[] };
+    let o = install_with(wrapper, &["--binary", "/bin/true", "--containerd-version", "2"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
 }
 
 // -------------------------------------------------------------------------------------------
@@ -681,7 +693,7 @@ fn root_install_of_the_shim_binary() {
     let p = |s: &str| d.join(s).display().to_string();
     let main = d.join("config.toml");
     std::fs::write(&main, format!("version = 3\nimports = [\"{}/*.toml\"]\n", p("conf.d"))).unwrap();
-    let mut args = vec![
+    let args = vec![
         "--binary".to_string(),
         binary.display().to_string(),
         "--prefix".into(),
@@ -694,20 +706,15 @@ fn root_install_of_the_shim_binary() {
         p("conf.d"),
         "--containerd-config".into(),
         main.display().to_string(),
+        "--containerd".into(),
+        CONTAINERD_2.into(),
     ];
-    let have_containerd = Path::new(CONTAINERD_2).exists();
-    if have_containerd {
-        args.extend(["--containerd".into(), CONTAINERD_2.into()]);
-    } else {
-        args.extend(["--containerd-version".into(), "2".into()]);
-    }
+    require_containerd(CONTAINERD_2);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = ok(install(&argv));
-    if have_containerd {
-        assert!(out.contains("config dump shows the podnet handler"), "{out}");
-        // The link is not in containerd's CNI bin dirs: the script says so.
-        assert!(out.contains("is not there"), "{out}");
-    }
+    assert!(out.contains("config dump shows the podnet handler"), "{out}");
+    // The link is not in containerd's CNI bin dirs: the script says so.
+    assert!(out.contains("is not there"), "{out}");
     assert_eq!(std::fs::read_link(d.join("cni/podnet")).unwrap(), d.join("usr/bin/containerd-shim-podnet-v2"));
     let v = parse_toml(&std::fs::read_to_string(d.join("conf.d/podnet.toml")).unwrap(), "the drop-in");
     assert_handler(v3_handler(&v), &p("cri.d"));

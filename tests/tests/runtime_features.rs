@@ -1,7 +1,7 @@
 //! What the runtime applies from a spec, checked from inside the container (its stdout) or
 //! from the host: capabilities, users, rlimits, sysctls, the root and /proc hardening,
-//! devices, oom_score_adj, seccomp, hooks, AppArmor on a kernel without it, and cgroups
-//! (stats, update, pids limit, pause/resume).
+//! devices, oom_score_adj, seccomp, hooks, AppArmor (applied, or dropped with a warning on a
+//! kernel without it), and cgroups (stats, update, pids limit, pause/resume).
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -230,24 +230,42 @@ fn hooks_run_in_order() {
     env.finish();
 }
 
+/// Without AppArmor in the kernel, a profile is dropped with a warning (runc does the same);
+/// with it, the profile is applied, so one that is not loaded refuses the container rather
+/// than letting it run unconfined.
 #[test]
 #[ignore = "needs root"]
-fn apparmor_profile_without_apparmor_is_a_warning() {
-    let apparmor = fs::read_to_string("/sys/module/apparmor/parameters/enabled").unwrap_or_default();
-    if apparmor.starts_with('Y') {
-        eprintln!("skipped: AppArmor is enabled on this kernel");
-        return;
-    }
+fn apparmor_profile_is_applied_or_dropped_with_a_warning() {
+    let enabled = fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.starts_with('Y'));
     let env = RtEnv::new("aa");
     let mut spec = env.spec(&["echo", "ran"]);
     spec.value_mut()["process"]["apparmorProfile"] = json!("podnet-test-profile");
-    let (c, reader) = create(&env, "aa", spec);
-    let warnings = c.warnings().to_vec();
-    c.start().expect("start");
-    let exit = c.wait().expect("wait");
-    c.delete().expect("delete");
-    assert_eq!((exit.code, reader.text().trim()), (0, "ran"));
-    assert!(warnings.iter().any(|w| w.contains("AppArmor") && w.contains("podnet-test-profile")), "{warnings:?}");
+    if enabled {
+        let bundle = env.bundle(&spec);
+        quiesce();
+        let refused = match env.runtime.create("aa", &bundle, CreateOptions::default()) {
+            Err(e) => e.to_string(),
+            Ok(c) => {
+                let warnings = c.warnings().to_vec();
+                let started = c.start();
+                let exit = c.wait();
+                let _ = c.delete();
+                match started {
+                    Err(e) => e.to_string(),
+                    Ok(()) => panic!("ran with the unloaded AppArmor profile: {exit:?}, warnings {warnings:?}"),
+                }
+            }
+        };
+        assert!(refused.contains("AppArmor"), "the error names AppArmor: {refused}");
+    } else {
+        let (c, reader) = create(&env, "aa", spec);
+        let warnings = c.warnings().to_vec();
+        c.start().expect("start");
+        let exit = c.wait().expect("wait");
+        c.delete().expect("delete");
+        assert_eq!((exit.code, reader.text().trim()), (0, "ran"));
+        assert!(warnings.iter().any(|w| w.contains("AppArmor") && w.contains("podnet-test-profile")), "{warnings:?}");
+    }
     env.finish();
 }
 
