@@ -1,0 +1,242 @@
+//! The same pod and container configs under the `runc` handler and the `podnet` handler, through
+//! a real containerd 2.x's CRI (root): an ExecSync'd process is confined exactly as the
+//! container's init (seccomp RuntimeDefault, a Localhost profile, Unconfined; capabilities,
+//! NoNewPrivs), and hostPath volumes propagate mounts as their CRI propagation says
+//! (Bidirectional both ways, HostToContainer inward only, Private neither), for both handlers
+//! alike.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use podnet_tests::cri::{container_config, v1 as cri, CriClient, CriNode, HANDLER_PODNET, HANDLER_RUNC};
+use podnet_tests::mounts::{tmpfs, SharedTmpfs};
+
+const HANDLERS: [&str; 2] = [HANDLER_RUNC, HANDLER_PODNET];
+
+/// The fields of /proc/<pid>/status that make up a process's confinement.
+const CONFINEMENT: [&str; 8] =
+    ["Seccomp", "Seccomp_filters", "NoNewPrivs", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"];
+
+/// Two syscalls the Localhost profile refuses (the container has CAP_SYS_ADMIN, so nothing else
+/// refuses sethostname).
+const PROBE: &str = "hostname probe-host 2>&1; echo hostname=$?; chmod 1777 /tmp 2>&1; echo chmod=$?";
+
+fn confinement(status: &str) -> Vec<String> {
+    CONFINEMENT
+        .iter()
+        .map(|f| {
+            let line =
+                status.lines().find(|l| l.starts_with(&format!("{f}:"))).unwrap_or_else(|| panic!("no {f}:\n{status}"));
+            line.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
+        .collect()
+}
+
+/// ExecSync that must succeed; its stdout.
+fn exec_ok(c: &CriClient, id: &str, cmd: &[&str]) -> String {
+    let (out, err, code) = c.exec_sync(id, cmd, 20).unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"));
+    assert_eq!(code, 0, "ExecSync {cmd:?}: exit {code}, stdout {out:?}, stderr {err:?}");
+    out
+}
+
+fn run_pod(n: &CriNode, cfg: &cri::PodSandboxConfig, handler: &str) -> String {
+    n.client()
+        .run_pod_sandbox(cfg, handler)
+        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", n.c().log_tail(60)))
+}
+
+fn start(n: &CriNode, pod: &str, pod_cfg: &cri::PodSandboxConfig, cfg: cri::ContainerConfig) -> String {
+    let id = n
+        .client()
+        .create_container(pod, &cfg, pod_cfg)
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", n.c().log_tail(60)));
+    n.client().start_container(&id).unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", n.c().log_tail(60)));
+    id
+}
+
+fn stop_and_remove(n: &CriNode, pod: &str) {
+    n.client().stop_pod_sandbox(pod).unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", n.c().log_tail(60)));
+    n.client().remove_pod_sandbox(pod).unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", n.c().log_tail(60)));
+}
+
+/// The container's security context, with the namespace options kubelet always sends (the
+/// pod's network and IPC, a PID namespace of the container's own).
+fn security(cfg: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
+    let sc = cfg.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default);
+    sc.namespace_options.get_or_insert(cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    sc
+}
+
+fn profile(kind: cri::security_profile::ProfileType, localhost_ref: &Path) -> cri::SecurityProfile {
+    let localhost_ref = match kind {
+        cri::security_profile::ProfileType::Localhost => localhost_ref.to_string_lossy().into_owned(),
+        _ => String::new(),
+    };
+    cri::SecurityProfile { profile_type: kind as i32, localhost_ref }
+}
+
+/// A Localhost profile (the Docker format containerd reads) refusing sethostname and chmod.
+fn write_localhost_profile(dir: &Path) -> PathBuf {
+    let path = dir.join("refuse-hostname-chmod.json");
+    let profile = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_AARCH64"],
+        "syscalls": [{ "names": ["sethostname", "chmod", "fchmod", "fchmodat", "fchmodat2"],
+                       "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }]
+    });
+    std::fs::write(&path, profile.to_string()).expect("write the profile");
+    path
+}
+
+#[test]
+#[ignore = "needs root"]
+fn an_exec_is_confined_as_the_init_under_both_handlers() {
+    use cri::security_profile::ProfileType;
+    let n = CriNode::new("confine");
+    let localhost = write_localhost_profile(n.dir());
+    // (handler, profile) -> (the init's confinement, the probe's answers)
+    let mut seen: BTreeMap<(String, &str), (Vec<String>, String)> = BTreeMap::new();
+    for handler in HANDLERS {
+        let pod_cfg = n.pod_config(&format!("confine-{handler}"));
+        let pod = run_pod(&n, &pod_cfg, handler);
+        for (name, kind) in [
+            ("runtime-default", ProfileType::RuntimeDefault),
+            ("localhost", ProfileType::Localhost),
+            ("unconfined", ProfileType::Unconfined),
+        ] {
+            let script = format!("({PROBE}) > /tmp/init-probe; exec sleep 3600");
+            let mut cfg = container_config(name, &["sh", "-c", &script]);
+            let sc = security(&mut cfg);
+            sc.seccomp = Some(profile(kind, &localhost));
+            sc.capabilities =
+                Some(cri::Capability { add_capabilities: vec!["SYS_ADMIN".into()], ..Default::default() });
+            let id = start(&n, &pod, &pod_cfg, cfg);
+            // The init is PID 1 of the container's own PID namespace.
+            let init = confinement(&exec_ok(n.client(), &id, &["cat", "/proc/1/status"]));
+            let exec = confinement(&exec_ok(n.client(), &id, &["cat", "/proc/self/status"]));
+            assert_eq!(exec, init, "{handler}/{name}: the exec's confinement differs from the init's");
+            let probe = exec_ok(n.client(), &id, &["sh", "-c", PROBE]);
+            let init_probe = exec_ok(n.client(), &id, &["cat", "/tmp/init-probe"]);
+            assert_eq!(probe, init_probe, "{handler}/{name}: refused syscalls differ between the exec and the init");
+            seen.insert((handler.to_string(), name), (init, probe));
+        }
+        stop_and_remove(&n, &pod);
+    }
+    for name in ["runtime-default", "localhost", "unconfined"] {
+        let (runc, podnet) = (&seen[&(HANDLER_RUNC.to_string(), name)], &seen[&(HANDLER_PODNET.to_string(), name)]);
+        assert_eq!(podnet, runc, "{name}: podnet's confinement differs from runc's");
+    }
+    let field = |name: &str, f: &str| {
+        let (lines, _) = &seen[&(HANDLER_PODNET.to_string(), name)];
+        lines.iter().find_map(|l| l.strip_prefix(&format!("{f}: "))).unwrap_or_default().to_string()
+    };
+    assert_eq!(field("runtime-default", "Seccomp"), "2");
+    assert_eq!(field("localhost", "Seccomp"), "2");
+    assert_eq!(field("unconfined", "Seccomp"), "0");
+    let probe = |name: &str| seen[&(HANDLER_PODNET.to_string(), name)].1.clone();
+    assert!(
+        probe("localhost").contains("hostname=1") && probe("localhost").contains("chmod=1"),
+        "{}",
+        probe("localhost")
+    );
+    assert!(
+        probe("unconfined").contains("hostname=0") && probe("unconfined").contains("chmod=0"),
+        "{}",
+        probe("unconfined")
+    );
+    n.finish();
+}
+
+/// What crossed for one volume: the host's mount below the source seen in the container, the
+/// container's mount below the volume seen on the host.
+#[derive(Debug, PartialEq, Clone, Copy)]
+struct Crossed {
+    host_to_container: bool,
+    container_to_host: bool,
+}
+
+const BOTH: Crossed = Crossed { host_to_container: true, container_to_host: true };
+const INWARD: Crossed = Crossed { host_to_container: true, container_to_host: false };
+const NEITHER: Crossed = Crossed { host_to_container: false, container_to_host: false };
+
+fn volume(container_path: &str, host_path: &Path, propagation: cri::MountPropagation) -> cri::Mount {
+    cri::Mount {
+        container_path: container_path.into(),
+        host_path: host_path.to_string_lossy().into_owned(),
+        propagation: propagation as i32,
+        ..Default::default()
+    }
+}
+
+/// The container mounts a tmpfs with a mark below each volume, the host one below each source;
+/// each side then looks for the other's mark.
+fn crossings(n: &CriNode, id: &str, volumes: &[(&str, PathBuf)]) -> Vec<Crossed> {
+    volumes
+        .iter()
+        .map(|(path, source)| {
+            exec_ok(
+                n.client(),
+                id,
+                &["sh", "-c", &format!("mkdir -p {path}/c && mount -t tmpfs ctr {path}/c && touch {path}/c/mark")],
+            );
+            tmpfs(&source.join("h"));
+            std::fs::write(source.join("h/mark"), "host").expect("host mark");
+            let inside = exec_ok(n.client(), id, &["ls", &format!("{path}/h")]);
+            Crossed { host_to_container: inside.contains("mark"), container_to_host: source.join("c/mark").exists() }
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn volumes_propagate_mounts_as_cri_asks_under_both_handlers() {
+    use cri::MountPropagation::{PropagationBidirectional, PropagationHostToContainer, PropagationPrivate};
+    let n = CriNode::new("propagate");
+    // Bidirectional needs a shared host mount, HostToContainer a shared or slave one
+    // (containerd checks): one shared tmpfs holds every source.
+    let shared = SharedTmpfs::new(&n.dir().join("vols"));
+    let mut seen = BTreeMap::new();
+    for handler in HANDLERS {
+        let mut pod_cfg = n.pod_config(&format!("prop-{handler}"));
+        pod_cfg
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .privileged = true;
+        let pod = run_pod(&n, &pod_cfg, handler);
+        // One container with the three kinds (its root becomes rshared for the Bidirectional
+        // one), and one with a Private volume alone (the root left as the runtime sets it).
+        let (bidi, inward, private, alone) = (
+            shared.subdir(&format!("{handler}-bidi")),
+            shared.subdir(&format!("{handler}-h2c")),
+            shared.subdir(&format!("{handler}-private")),
+            shared.subdir(&format!("{handler}-alone")),
+        );
+        let mut three = container_config("three", &["sleep", "3600"]);
+        three.mounts = vec![
+            volume("/vol/bidi", &bidi, PropagationBidirectional),
+            volume("/vol/h2c", &inward, PropagationHostToContainer),
+            volume("/vol/private", &private, PropagationPrivate),
+        ];
+        security(&mut three).privileged = true;
+        let mut one = container_config("one", &["sleep", "3600"]);
+        one.mounts = vec![volume("/vol/private", &alone, PropagationPrivate)];
+        security(&mut one).privileged = true;
+        let three = start(&n, &pod, &pod_cfg, three);
+        let one = start(&n, &pod, &pod_cfg, one);
+        let mut got = crossings(&n, &three, &[("/vol/bidi", bidi), ("/vol/h2c", inward), ("/vol/private", private)]);
+        got.extend(crossings(&n, &one, &[("/vol/private", alone)]));
+        stop_and_remove(&n, &pod);
+        seen.insert(handler, got);
+    }
+    let want = vec![BOTH, INWARD, NEITHER, NEITHER];
+    assert_eq!(seen[HANDLER_RUNC], want, "runc: Bidirectional, HostToContainer, Private, Private alone");
+    assert_eq!(seen[HANDLER_PODNET], want, "podnet: Bidirectional, HostToContainer, Private, Private alone");
+    drop(shared);
+    n.finish();
+}
