@@ -30,12 +30,13 @@ pub mod topics {
     pub const RESUMED: &str = "/tasks/resumed";
 }
 
-/// An Any as containerd's typeurl marshals a protobuf message: the full name as the URL.
-pub fn any_of<M: MessageFull>(m: &M) -> Any {
+/// An Any as containerd's typeurl marshals a protobuf message: the full name as the URL. An
+/// encoding failure is the caller's to report: an empty value would decode as a zeroed message.
+pub fn any_of<M: MessageFull>(m: &M) -> Result<Any, protobuf::Error> {
     let mut any = Any::new();
     any.type_url = M::descriptor().full_name().to_string();
-    any.value = m.write_to_bytes().unwrap_or_default();
-    any
+    any.value = m.write_to_bytes()?;
+    Ok(any)
 }
 
 pub struct Publisher {
@@ -60,7 +61,13 @@ impl Publisher {
         env.timestamp = Some(SystemTime::now().into()).into();
         env.namespace = self.namespace.clone();
         env.topic = topic.to_string();
-        env.event = Some(any_of(event)).into();
+        match any_of(event) {
+            Ok(any) => env.event = Some(any).into(),
+            Err(e) => {
+                tracing::error!(topic, "event not sent: encoding it failed: {e}");
+                return;
+            }
+        }
         let mut req = ForwardRequest::new();
         req.envelope = Some(env).into();
         if self.queue.len() >= MAX_QUEUED {

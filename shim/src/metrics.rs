@@ -97,7 +97,7 @@ pub fn v2_metrics(s: &Stats) -> v2::Metrics {
     m
 }
 
-pub fn to_any(s: &Stats) -> Any {
+pub fn to_any(s: &Stats) -> Result<Any, protobuf::Error> {
     if unified() {
         any_of(&v2_metrics(s))
     } else {

@@ -932,7 +932,8 @@ impl Shim {
         let t = self.task(&req.id)?;
         let stats = t.container.stats().map_err(rpc)?;
         let mut r = StatsResponse::new();
-        r.stats = Some(metrics::to_any(&stats)).into();
+        let any = metrics::to_any(&stats).map_err(|e| RpcError::internal(format!("encoding the metrics: {e}")))?;
+        r.stats = Some(any).into();
         Ok(r)
     }
 
