@@ -101,9 +101,10 @@ fn mount_options_reported_are_applied_and_sync_is_not_reported() {
     // libcontainer's fd-based mounts drop `sync`: it must not be reported.
     assert!(!listed(opts, "sync"), "sync is reported");
     let env = RtEnv::new("mopts");
-    let mut spec = env.spec(&["sh", "-c", "grep ' /mnt ' /proc/mounts"]);
+    // On /tmp, which the shared rootfs has: a new mount point would be made in that rootfs.
+    let mut spec = env.spec(&["sh", "-c", "grep ' /tmp ' /proc/mounts"]);
     spec.value_mut()["mounts"].as_array_mut().expect("mounts").push(json!({
-        "destination": "/mnt", "type": "tmpfs", "source": "tmpfs",
+        "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
         "options": ["nosuid", "nodev", "noexec", "ro", "sync"]
     }));
     let (code, text) = run(&env, "mopts", spec).expect("create with a tmpfs");
