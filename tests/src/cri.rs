@@ -820,6 +820,34 @@ impl CriNode {
         BUSYBOX_IMAGE
     }
 
+    /// RunPodSandbox with `handler`, panicking with containerd's log unless it succeeds.
+    pub fn run_pod(&self, cfg: &cri::PodSandboxConfig, handler: &str) -> String {
+        self.client()
+            .run_pod_sandbox(cfg, handler)
+            .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", self.c().log_tail(60)))
+    }
+
+    /// CreateContainer and StartContainer in `pod`, panicking with containerd's log unless both
+    /// succeed; the container's id.
+    pub fn start_container(&self, pod: &str, pod_cfg: &cri::PodSandboxConfig, cfg: cri::ContainerConfig) -> String {
+        let id = self
+            .client()
+            .create_container(pod, &cfg, pod_cfg)
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", self.c().log_tail(60)));
+        self.client().start_container(&id).unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", self.c().log_tail(60)));
+        id
+    }
+
+    /// StopPodSandbox and RemovePodSandbox, panicking with containerd's log unless both succeed.
+    pub fn stop_and_remove(&self, pod: &str) {
+        self.client()
+            .stop_pod_sandbox(pod)
+            .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", self.c().log_tail(60)));
+        self.client()
+            .remove_pod_sandbox(pod)
+            .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", self.c().log_tail(60)));
+    }
+
     /// [`pod_config`] with a log directory of its own under [`CriNode::log_dir`].
     pub fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
         let c = pod_config(name, Path::new(""));

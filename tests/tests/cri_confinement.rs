@@ -7,55 +7,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use podnet_tests::confinement::{confinement, field, probe, refusing_profile};
 use podnet_tests::cri::{container_config, v1 as cri, CriClient, CriNode, HANDLER_PODNET, HANDLER_RUNC};
 use podnet_tests::mounts::{tmpfs, SharedTmpfs};
 
 const HANDLERS: [&str; 2] = [HANDLER_RUNC, HANDLER_PODNET];
-
-/// The fields of /proc/<pid>/status that make up a process's confinement.
-const CONFINEMENT: [&str; 8] =
-    ["Seccomp", "Seccomp_filters", "NoNewPrivs", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"];
-
-/// Two syscalls the Localhost profile refuses (the container has CAP_SYS_ADMIN, so nothing else
-/// refuses sethostname).
-const PROBE: &str = "hostname probe-host 2>&1; echo hostname=$?; chmod 1777 /tmp 2>&1; echo chmod=$?";
-
-fn confinement(status: &str) -> Vec<String> {
-    CONFINEMENT
-        .iter()
-        .map(|f| {
-            let line =
-                status.lines().find(|l| l.starts_with(&format!("{f}:"))).unwrap_or_else(|| panic!("no {f}:\n{status}"));
-            line.split_whitespace().collect::<Vec<_>>().join(" ")
-        })
-        .collect()
-}
 
 /// ExecSync that must succeed; its stdout.
 fn exec_ok(c: &CriClient, id: &str, cmd: &[&str]) -> String {
     let (out, err, code) = c.exec_sync(id, cmd, 20).unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"));
     assert_eq!(code, 0, "ExecSync {cmd:?}: exit {code}, stdout {out:?}, stderr {err:?}");
     out
-}
-
-fn run_pod(n: &CriNode, cfg: &cri::PodSandboxConfig, handler: &str) -> String {
-    n.client()
-        .run_pod_sandbox(cfg, handler)
-        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", n.c().log_tail(60)))
-}
-
-fn start(n: &CriNode, pod: &str, pod_cfg: &cri::PodSandboxConfig, cfg: cri::ContainerConfig) -> String {
-    let id = n
-        .client()
-        .create_container(pod, &cfg, pod_cfg)
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", n.c().log_tail(60)));
-    n.client().start_container(&id).unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", n.c().log_tail(60)));
-    id
-}
-
-fn stop_and_remove(n: &CriNode, pod: &str) {
-    n.client().stop_pod_sandbox(pod).unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", n.c().log_tail(60)));
-    n.client().remove_pod_sandbox(pod).unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", n.c().log_tail(60)));
 }
 
 /// The container's security context, with the namespace options kubelet always sends (the
@@ -79,64 +41,49 @@ fn profile(kind: cri::security_profile::ProfileType, localhost_ref: &Path) -> cr
     cri::SecurityProfile { profile_type: kind as i32, localhost_ref }
 }
 
-/// A Localhost profile (the Docker format containerd reads) refusing sethostname and chmod.
-fn write_localhost_profile(dir: &Path) -> PathBuf {
-    let path = dir.join("refuse-hostname-chmod.json");
-    let profile = serde_json::json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_AARCH64"],
-        "syscalls": [{ "names": ["sethostname", "chmod", "fchmod", "fchmodat", "fchmodat2"],
-                       "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }]
-    });
-    std::fs::write(&path, profile.to_string()).expect("write the profile");
-    path
-}
-
 #[test]
 #[ignore = "needs root"]
 fn an_exec_is_confined_as_the_init_under_both_handlers() {
     use cri::security_profile::ProfileType;
     let n = CriNode::new("confine");
-    let localhost = write_localhost_profile(n.dir());
+    let localhost = n.dir().join("refuse-hostname-chmod.json");
+    std::fs::write(&localhost, refusing_profile().to_string()).expect("write the Localhost profile");
     // (handler, profile) -> (the init's confinement, the probe's answers)
     let mut seen: BTreeMap<(String, &str), (Vec<String>, String)> = BTreeMap::new();
     for handler in HANDLERS {
         let pod_cfg = n.pod_config(&format!("confine-{handler}"));
-        let pod = run_pod(&n, &pod_cfg, handler);
+        let pod = n.run_pod(&pod_cfg, handler);
         for (name, kind) in [
             ("runtime-default", ProfileType::RuntimeDefault),
             ("localhost", ProfileType::Localhost),
             ("unconfined", ProfileType::Unconfined),
         ] {
-            let script = format!("({PROBE}) > /tmp/init-probe; exec sleep 3600");
+            let script = format!("({}) > /tmp/init-probe; exec sleep 3600", probe("/tmp"));
             let mut cfg = container_config(name, &["sh", "-c", &script]);
             let sc = security(&mut cfg);
             sc.seccomp = Some(profile(kind, &localhost));
             sc.capabilities =
                 Some(cri::Capability { add_capabilities: vec!["SYS_ADMIN".into()], ..Default::default() });
-            let id = start(&n, &pod, &pod_cfg, cfg);
+            let id = n.start_container(&pod, &pod_cfg, cfg);
             // The init is PID 1 of the container's own PID namespace.
             let init = confinement(&exec_ok(n.client(), &id, &["cat", "/proc/1/status"]));
             let exec = confinement(&exec_ok(n.client(), &id, &["cat", "/proc/self/status"]));
             assert_eq!(exec, init, "{handler}/{name}: the exec's confinement differs from the init's");
-            let probe = exec_ok(n.client(), &id, &["sh", "-c", PROBE]);
+            let probe = exec_ok(n.client(), &id, &["sh", "-c", &probe("/tmp")]);
             let init_probe = exec_ok(n.client(), &id, &["cat", "/tmp/init-probe"]);
             assert_eq!(probe, init_probe, "{handler}/{name}: refused syscalls differ between the exec and the init");
             seen.insert((handler.to_string(), name), (init, probe));
         }
-        stop_and_remove(&n, &pod);
+        n.stop_and_remove(&pod);
     }
     for name in ["runtime-default", "localhost", "unconfined"] {
         let (runc, podnet) = (&seen[&(HANDLER_RUNC.to_string(), name)], &seen[&(HANDLER_PODNET.to_string(), name)]);
         assert_eq!(podnet, runc, "{name}: podnet's confinement differs from runc's");
     }
-    let field = |name: &str, f: &str| {
-        let (lines, _) = &seen[&(HANDLER_PODNET.to_string(), name)];
-        lines.iter().find_map(|l| l.strip_prefix(&format!("{f}: "))).unwrap_or_default().to_string()
-    };
-    assert_eq!(field("runtime-default", "Seccomp"), "2");
-    assert_eq!(field("localhost", "Seccomp"), "2");
-    assert_eq!(field("unconfined", "Seccomp"), "0");
+    let seccomp = |name: &str| field(&seen[&(HANDLER_PODNET.to_string(), name)].0, "Seccomp").to_string();
+    assert_eq!(seccomp("runtime-default"), "2");
+    assert_eq!(seccomp("localhost"), "2");
+    assert_eq!(seccomp("unconfined"), "0");
     let probe = |name: &str| seen[&(HANDLER_PODNET.to_string(), name)].1.clone();
     assert!(
         probe("localhost").contains("hostname=1") && probe("localhost").contains("chmod=1"),
@@ -208,7 +155,7 @@ fn volumes_propagate_mounts_as_cri_asks_under_both_handlers() {
             .security_context
             .get_or_insert_with(Default::default)
             .privileged = true;
-        let pod = run_pod(&n, &pod_cfg, handler);
+        let pod = n.run_pod(&pod_cfg, handler);
         // One container with the three kinds (its root becomes rshared for the Bidirectional
         // one), and one with a Private volume alone (the root left as the runtime sets it).
         let (bidi, inward, private, alone) = (
@@ -227,11 +174,11 @@ fn volumes_propagate_mounts_as_cri_asks_under_both_handlers() {
         let mut one = container_config("one", &["sleep", "3600"]);
         one.mounts = vec![volume("/vol/private", &alone, PropagationPrivate)];
         security(&mut one).privileged = true;
-        let three = start(&n, &pod, &pod_cfg, three);
-        let one = start(&n, &pod, &pod_cfg, one);
+        let three = n.start_container(&pod, &pod_cfg, three);
+        let one = n.start_container(&pod, &pod_cfg, one);
         let mut got = crossings(&n, &three, &[("/vol/bidi", bidi), ("/vol/h2c", inward), ("/vol/private", private)]);
         got.extend(crossings(&n, &one, &[("/vol/private", alone)]));
-        stop_and_remove(&n, &pod);
+        n.stop_and_remove(&pod);
         seen.insert(handler, got);
     }
     let want = vec![BOTH, INWARD, NEITHER, NEITHER];

@@ -17,19 +17,7 @@ use podnet_tests::retry;
 const T: Duration = Duration::from_secs(10);
 
 fn run_pod(n: &CriNode, cfg: &cri::PodSandboxConfig) -> String {
-    n.client()
-        .run_pod_sandbox(cfg, HANDLER_PODNET)
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", n.c().log_tail(60)))
-}
-
-/// Creates and starts a container; returns its id.
-fn start(n: &CriNode, pod: &str, pod_cfg: &cri::PodSandboxConfig, cfg: cri::ContainerConfig) -> String {
-    let id = n
-        .client()
-        .create_container(pod, &cfg, pod_cfg)
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", n.c().log_tail(60)));
-    n.client().start_container(&id).unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", n.c().log_tail(60)));
-    id
+    n.run_pod(cfg, HANDLER_PODNET)
 }
 
 /// ExecSync that must succeed; its stdout.
@@ -52,11 +40,6 @@ fn node_fetch(n: &CriNode, host: &str, port: u16) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn stop_and_remove(n: &CriNode, pod: &str) {
-    n.client().stop_pod_sandbox(pod).unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", n.c().log_tail(60)));
-    n.client().remove_pod_sandbox(pod).unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", n.c().log_tail(60)));
-}
-
 /// The CRI log file of a container of a pod.
 fn log_file(pod_cfg: &cri::PodSandboxConfig, name: &str) -> PathBuf {
     Path::new(&pod_cfg.log_directory).join(format!("{name}.log"))
@@ -72,9 +55,8 @@ fn a_two_container_pod_and_its_neighbour() {
     let a_cfg = n.pod_config("web").port(80, 8080, "");
     let a = run_pod(&n, &a_cfg);
     let ip = n.pod_ip(&a);
-    let server = start(&n, &a, &a_cfg, web("server", "hello-from-web"));
-    let side = start(
-        &n,
+    let server = n.start_container(&a, &a_cfg, web("server", "hello-from-web"));
+    let side = n.start_container(
         &a,
         &a_cfg,
         container_config("side", &["sh", "-c", "echo side-started; echo side-err >&2; exec sleep 3600"]),
@@ -110,7 +92,7 @@ fn a_two_container_pod_and_its_neighbour() {
     let b = run_pod(&n, &b_cfg);
     let ip_b = n.pod_ip(&b);
     assert_ne!(ip, ip_b);
-    let client = start(&n, &b, &b_cfg, container_config("client", &["sleep", "3600"]));
+    let client = n.start_container(&b, &b_cfg, container_config("client", &["sleep", "3600"]));
     let got = sh(c, &client, &format!("timeout 5 wget -qO- http://{ip}:80/"));
     assert!(got.contains("hello-from-web"), "pod to pod: {got:?}");
     assert_eq!(n.shim_pids().len(), 2, "one shim per pod");
@@ -145,8 +127,8 @@ fn a_two_container_pod_and_its_neighbour() {
         assert_eq!((parts[1], parts[2], parts[3]), (stream, "F", msg), "{line:?}");
     }
 
-    stop_and_remove(&n, &b);
-    stop_and_remove(&n, &a);
+    n.stop_and_remove(&b);
+    n.stop_and_remove(&a);
     // The pod's shim is gone once the pod is.
     assert!(retry(250, Duration::from_millis(20), || n.shim_pids().is_empty()), "shims left: {:?}", n.shim_pids());
     n.finish();
@@ -207,10 +189,10 @@ fn runc_and_podnet_handlers_side_by_side() {
     let n = CriNode::new("side");
     let r_cfg = n.pod_config("r").port(80, 8081, "");
     let r = n.client().run_pod_sandbox(&r_cfg, HANDLER_RUNC).unwrap_or_else(|e| panic!("RunPodSandbox runc: {e}"));
-    let r_web = start(&n, &r, &r_cfg, web("rweb", "from-runc"));
+    let r_web = n.start_container(&r, &r_cfg, web("rweb", "from-runc"));
     let p_cfg = n.pod_config("p").port(80, 8082, "");
     let p = run_pod(&n, &p_cfg);
-    let p_web = start(&n, &p, &p_cfg, web("pweb", "from-podnet"));
+    let p_web = n.start_container(&p, &p_cfg, web("pweb", "from-podnet"));
     let (ip_r, ip_p) = (n.pod_ip(&r), n.pod_ip(&p));
     assert!(ip_r.starts_with("10.88."), "runc pod IP {ip_r}");
     assert!(ip_p.starts_with("10.89."), "podnet pod IP {ip_p}");
@@ -225,8 +207,8 @@ fn runc_and_podnet_handlers_side_by_side() {
     assert!(got.contains("from-runc"), "podnet pod to runc pod: {got:?}");
     let got = sh(n.client(), &r_web, &format!("timeout 5 wget -qO- http://{ip_p}:80/"));
     assert!(got.contains("from-podnet"), "runc pod to podnet pod: {got:?}");
-    stop_and_remove(&n, &p);
-    stop_and_remove(&n, &r);
+    n.stop_and_remove(&p);
+    n.stop_and_remove(&r);
     n.finish();
 }
 
@@ -238,7 +220,7 @@ fn a_killed_shim_still_lets_the_pod_go() {
     let n = CriNode::new("kill");
     let cfg = n.pod_config("victim").port(80, 8083, "");
     let pod = run_pod(&n, &cfg);
-    let ctr = start(&n, &pod, &cfg, container_config("c", &["sleep", "3600"]));
+    let ctr = n.start_container(&pod, &cfg, container_config("c", &["sleep", "3600"]));
     assert_eq!(n.podnet_reservations().len(), 1);
     let shims = n.shim_pids_for(&pod);
     assert_eq!(shims.len(), 1, "{shims:?}");
@@ -296,14 +278,14 @@ fn a_host_network_pod_is_left_alone() {
     let n = CriNode::new("hostnet");
     let cfg = n.pod_config("hn").host_network();
     let pod = run_pod(&n, &cfg);
-    let ctr = start(&n, &pod, &cfg, container_config("c", &["sleep", "3600"]));
+    let ctr = n.start_container(&pod, &cfg, container_config("c", &["sleep", "3600"]));
     let inside = sh(n.client(), &ctr, "readlink /proc/self/ns/net");
     let node = String::from_utf8_lossy(&node_output(n.node(), "readlink /proc/self/ns/net", T).stdout).into_owned();
     assert_eq!(inside.trim(), node.trim(), "the container runs in the node's network namespace");
     assert!(n.podnet_reservations().is_empty(), "no address for a hostNetwork pod");
     assert!(n.veths().is_empty(), "no veth for a hostNetwork pod: {:?}", n.veths());
     assert_eq!(n.shim_pids_for(&pod).len(), 1, "the pod still has its shim");
-    stop_and_remove(&n, &pod);
+    n.stop_and_remove(&pod);
     n.finish();
 }
 
@@ -314,13 +296,13 @@ fn share_process_namespace() {
     let n = CriNode::new("pidns");
     let cfg = n.pod_config("shared").share_pid();
     let pod = run_pod(&n, &cfg);
-    let _a = start(&n, &pod, &cfg, container_config("a", &["sleep", "3601"]));
-    let b = start(&n, &pod, &cfg, container_config("b", &["sleep", "3602"]));
+    let _a = n.start_container(&pod, &cfg, container_config("a", &["sleep", "3601"]));
+    let b = n.start_container(&pod, &cfg, container_config("b", &["sleep", "3602"]));
     let ps = sh(n.client(), &b, "ps -o pid,args");
     assert!(ps.contains("sleep 3601") && ps.contains("sleep 3602"), "one PID namespace: {ps}");
     let init = sh(n.client(), &b, "tr '\\0' ' ' < /proc/1/cmdline");
     assert!(init.contains("pause"), "pid 1 is the pause: {init:?}");
-    stop_and_remove(&n, &pod);
+    n.stop_and_remove(&pod);
     n.finish();
 }
 
@@ -335,14 +317,12 @@ fn stop_with_grace_and_restart_in_the_same_pod() {
     let pod = run_pod(&n, &cfg);
     let ip = n.pod_ip(&pod);
     let c = n.client();
-    let polite = start(
-        &n,
+    let polite = n.start_container(
         &pod,
         &cfg,
         container_config("polite", &["sh", "-c", "trap 'echo got-term; exit 0' TERM; echo up; sleep 3600 & wait"]),
     );
-    let stubborn = start(
-        &n,
+    let stubborn = n.start_container(
         &pod,
         &cfg,
         container_config("stubborn", &["sh", "-c", "trap '' TERM; echo up; while :; do sleep 1; done"]),
@@ -368,7 +348,7 @@ fn stop_with_grace_and_restart_in_the_same_pod() {
     );
 
     // A container that exits, then its restart (attempt 1) in the same pod.
-    let crash = start(&n, &pod, &cfg, container_config("crash", &["sh", "-c", "exit 3"]));
+    let crash = n.start_container(&pod, &cfg, container_config("crash", &["sh", "-c", "exit 3"]));
     let st = wait_container_state(c, &crash, cri::ContainerState::ContainerExited, T).expect("status");
     assert_eq!((st.state, st.exit_code), (cri::ContainerState::ContainerExited as i32, 3), "{st:?}");
     c.remove_container(&crash).expect("RemoveContainer");
@@ -376,13 +356,13 @@ fn stop_with_grace_and_restart_in_the_same_pod() {
     if let Some(m) = again.metadata.as_mut() {
         m.attempt = 1;
     }
-    let restarted = start(&n, &pod, &cfg, again);
+    let restarted = n.start_container(&pod, &cfg, again);
     assert!(
         sh(c, &restarted, "ip -4 -o addr show eth0").contains(&format!("inet {ip}/")),
         "the restart runs in the pod's network"
     );
     assert_eq!(n.shim_pids_for(&pod).len(), 1);
-    stop_and_remove(&n, &pod);
+    n.stop_and_remove(&pod);
     n.finish();
 }
 
@@ -393,7 +373,7 @@ fn dual_stack_pod() {
     let n = CriNode::with("ds", CriNodeOptions::default().dual_stack());
     let cfg = n.pod_config("ds");
     let pod = run_pod(&n, &cfg);
-    let ctr = start(&n, &pod, &cfg, container_config("c", &["sleep", "3600"]));
+    let ctr = n.start_container(&pod, &cfg, container_config("c", &["sleep", "3600"]));
     let ips = n.client().pod_ips(&pod).expect("pod IPs");
     let parsed: Vec<IpAddr> = ips.iter().map(|s| s.parse().unwrap_or_else(|_| panic!("pod IP {s:?}"))).collect();
     assert_eq!(parsed.len(), 2, "{ips:?}");
@@ -402,7 +382,7 @@ fn dual_stack_pod() {
     for ip in &ips {
         assert!(addrs.contains(&format!(" {ip}/")), "{ip} not on eth0: {addrs}");
     }
-    stop_and_remove(&n, &pod);
+    n.stop_and_remove(&pod);
     n.finish();
 }
 
@@ -414,7 +394,7 @@ fn cni_gc_reaches_the_pods_shim() {
     let n = CriNode::new("gc");
     let cfg = n.pod_config("gc");
     let pod = run_pod(&n, &cfg);
-    let _ctr = start(&n, &pod, &cfg, container_config("c", &["sleep", "3600"]));
+    let _ctr = n.start_container(&pod, &cfg, container_config("c", &["sleep", "3600"]));
     assert_eq!(n.podnet_reservations().len(), 1);
     let mut conf = n.podnet_conflist()["plugins"][0].clone();
     conf["name"] = n.podnet_conflist()["name"].clone();
@@ -428,7 +408,7 @@ fn cni_gc_reaches_the_pods_shim() {
     assert_eq!(out.code, 0, "GC: {out:?}");
     assert!(n.podnet_reservations().is_empty(), "GC released the IP: {:?}", n.podnet_reservations());
     assert!(n.veths().is_empty(), "GC removed the veth: {:?}", n.veths());
-    stop_and_remove(&n, &pod);
+    n.stop_and_remove(&pod);
     n.finish();
 }
 
@@ -447,13 +427,13 @@ fn containerd_1_7_pod_lifecycle() {
     let cfg = n.pod_config("old").port(80, 8084, "");
     let pod = run_pod(&n, &cfg);
     let ip = n.pod_ip(&pod);
-    let ctr = start(&n, &pod, &cfg, web("w", "from-1-7"));
+    let ctr = n.start_container(&pod, &cfg, web("w", "from-1-7"));
     assert!(sh(n.client(), &ctr, "ip -4 -o addr show eth0").contains(&format!("inet {ip}/")));
     let ok = retry(100, Duration::from_millis(50), || {
         node_fetch(&n, "127.0.0.1", 8084).is_some_and(|s| s.contains("from-1-7"))
     });
     assert!(ok, "hostPort on containerd 1.7");
     assert_eq!(n.shim_pids_for(&pod).len(), 1);
-    stop_and_remove(&n, &pod);
+    n.stop_and_remove(&pod);
     n.finish();
 }

@@ -9,31 +9,18 @@ use std::os::unix::net::UnixListener;
 
 use podnet_runtime::oci_spec::runtime::Process as OciProcess;
 use podnet_runtime::{Container, CreateOptions, StdioConfig};
+use podnet_tests::confinement::{confinement, field, probe, refusing_profile};
 use podnet_tests::oci::Spec;
 use podnet_tests::rt::{quiesce, Reader, RtEnv};
 use serde_json::{json, Value};
 
-/// The fields of /proc/<pid>/status that make up a process's confinement.
-const CONFINEMENT: [&str; 9] =
-    ["Seccomp", "Seccomp_filters", "NoNewPrivs", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "Uid"];
-
-/// Probes run by the init (before it sleeps) and by an exec: two syscalls the profile refuses.
-const PROBE: &str = "hostname probe-host 2>&1; echo hostname=$?; chmod 1777 /dev/shm 2>&1; echo chmod=$?";
-
-/// A profile that refuses sethostname and every chmod with EPERM, allowing the rest.
-fn refusing_profile() -> Value {
-    json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_AARCH64"],
-        "syscalls": [{ "names": ["sethostname", "chmod", "fchmod", "fchmodat", "fchmodat2"],
-                       "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }]
-    })
-}
+/// The writable directory the probe chmods (the root is read-only).
+const PROBE_DIR: &str = "/dev/shm";
 
 /// A spec whose init runs the probe, then sleeps; CAP_SYS_ADMIN so that only the profile can
 /// refuse sethostname.
 fn probing_spec(env: &RtEnv) -> Spec {
-    let script = format!("{PROBE}; exec sleep 1000");
+    let script = format!("{}; exec sleep 1000", probe(PROBE_DIR));
     env.spec(&["sh", "-c", &script]).capabilities(&["CAP_SYS_ADMIN", "CAP_KILL", "CAP_CHOWN", "CAP_SETUID"])
 }
 
@@ -42,26 +29,6 @@ fn exec_process(spec: &Spec, args: &[&str]) -> OciProcess {
     let mut p = spec.value()["process"].clone();
     p["args"] = json!(args);
     serde_json::from_value(p).expect("process JSON")
-}
-
-fn confinement(status: &str) -> Vec<String> {
-    let lines: Vec<String> = CONFINEMENT
-        .iter()
-        .map(|f| {
-            status
-                .lines()
-                .find(|l| l.starts_with(&format!("{f}:")))
-                .unwrap_or_else(|| panic!("no {f} in {status}"))
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect();
-    lines
-}
-
-fn field<'a>(lines: &'a [String], name: &str) -> &'a str {
-    lines.iter().find_map(|l| l.strip_prefix(&format!("{name}: "))).unwrap_or("")
 }
 
 /// Runs `args` as exec `id` in `c` with `spec`'s process, and returns its output and its exit.
@@ -108,7 +75,7 @@ fn check_agreement(env: &RtEnv, id: &str, spec: Spec) -> (Vec<String>, String) {
     assert_eq!(code, 0, "{exec_status}");
     assert_eq!(confinement(&exec_status), init, "{id}: the exec's confinement differs from the init's");
 
-    let (_, probe) = exec_output(env, &c, &spec, "probe", &["sh", "-c", PROBE]);
+    let (_, probe) = exec_output(env, &c, &spec, "probe", &["sh", "-c", &probe(PROBE_DIR)]);
 
     // A long-running exec: its namespaces, cgroup, limits and oom score seen from the host.
     quiesce();

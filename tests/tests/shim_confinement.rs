@@ -3,39 +3,17 @@
 //! seccomp profile, a profile of the test's own, none; capabilities, NoNewPrivs), a bind mount
 //! with `rro` is read-only at every level below it, and `rro` beside `rw` or a propagation that
 //! keeps receiving mounts is refused with an error naming the mount.
+use podnet_tests::confinement::{confinement, field, probe, refusing_profile};
 use podnet_tests::mounts::{tmpfs, umount_all};
 use podnet_tests::shim::PodnetNode;
 use podnet_tests::unique;
-
-const CONFINEMENT: [&str; 8] =
-    ["Seccomp", "Seccomp_filters", "NoNewPrivs", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"];
-
-/// sethostname and chmod: the test's profile refuses both (the task has CAP_SYS_ADMIN).
-const PROBE: &str = "hostname probe-host 2>&1; echo hostname=$?; chmod 1777 /tmp 2>&1; echo chmod=$?";
-
-fn confinement(status: &str) -> Vec<String> {
-    CONFINEMENT
-        .iter()
-        .map(|f| {
-            let line =
-                status.lines().find(|l| l.starts_with(&format!("{f}:"))).unwrap_or_else(|| panic!("no {f}:\n{status}"));
-            line.split_whitespace().collect::<Vec<_>>().join(" ")
-        })
-        .collect()
-}
 
 #[test]
 #[ignore = "needs root"]
 fn ctr_task_exec_is_confined_as_the_init() {
     let n = PodnetNode::new("cfn");
     let profile = n.dir().join("refuse.json");
-    let json = serde_json::json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_AARCH64"],
-        "syscalls": [{ "names": ["sethostname", "chmod", "fchmod", "fchmodat", "fchmodat2"],
-                       "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }]
-    });
-    std::fs::write(&profile, json.to_string()).expect("write profile");
+    std::fs::write(&profile, refusing_profile().to_string()).expect("write profile");
     let profile_flag = format!("--seccomp-profile={}", profile.display());
     for (name, flags) in [
         ("default-profile", vec!["--seccomp"]),
@@ -45,15 +23,15 @@ fn ctr_task_exec_is_confined_as_the_init() {
         let id = unique("cf");
         let mut all = vec!["--cap-add", "CAP_SYS_ADMIN"];
         all.extend(flags);
-        let script = format!("({PROBE}) > /tmp/init-probe; exec sleep 600");
+        let script = format!("({}) > /tmp/init-probe; exec sleep 600", probe("/tmp"));
         n.run_detached_with(&id, &all, &[], &["sh", "-c", &script]);
         let pid = n.task(&id).expect("task").pid;
         let init = confinement(&std::fs::read_to_string(format!("/proc/{pid}/status")).expect("init status"));
         let exec = confinement(&n.exec_ok(&id, &["cat", "/proc/self/status"]));
         assert_eq!(exec, init, "{name}: the exec's confinement differs from the init's");
-        let probe = n.exec_ok(&id, &["sh", "-c", PROBE]);
+        let probe = n.exec_ok(&id, &["sh", "-c", &probe("/tmp")]);
         assert_eq!(probe, n.exec_ok(&id, &["cat", "/tmp/init-probe"]), "{name}: the refused syscalls differ");
-        let seccomp = init[0].clone();
+        let seccomp = format!("Seccomp: {}", field(&init, "Seccomp"));
         match name {
             "default-profile" => assert_eq!(seccomp, "Seccomp: 2"),
             "own-profile" => {

@@ -586,6 +586,18 @@ fn create_req(b: &Bundle) -> CreateTaskRequest {
     r
 }
 
+/// A shim started for `b`, its task `id` created from `req` and started, as containerd does:
+/// the shim's socket, the daemon's pid, the connection, and the init's pid.
+fn create_and_start(env: &Env, b: &Bundle, id: &str, req: &CreateTaskRequest) -> (PathBuf, i32, Client, i32) {
+    let (_, socket) = env.start(b);
+    let daemon = b.shim_pid().expect("shim.pid");
+    let mut c = connect(&socket);
+    let created: CreateTaskResponse =
+        call(&mut c, "Create", req).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
+    let _: StartResponse = call(&mut c, "Start", &id_req(|r: &mut StartRequest| r.id = id.to_string())).expect("Start");
+    (socket, daemon, c, created.pid as i32)
+}
+
 fn id_req<R: Message + Default>(set: impl FnOnce(&mut R)) -> R {
     let mut r = R::default();
     set(&mut r);
@@ -813,13 +825,7 @@ fn exec_kill_pids_and_early_shutdown() {
     let spec = env.spec(&id, &["sleep", "1000"]);
     let mut process = spec.value()["process"].clone();
     let b = env.bundle(&id, &spec);
-    let (_, socket) = env.start(&b);
-    let daemon = b.shim_pid().expect("shim.pid");
-    let mut c = connect(&socket);
-    let created: CreateTaskResponse =
-        call(&mut c, "Create", &create_req(&b)).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
-    let init = created.pid as i32;
-    let _: StartResponse = call(&mut c, "Start", &id_req(|r: &mut StartRequest| r.id = id.clone())).expect("Start");
+    let (socket, daemon, mut c, init) = create_and_start(&env, &b, &id, &create_req(&b));
 
     process["args"] = json!(["sh", "-c", "exit 5"]);
     let exec_req = |exec_id: &str| {
@@ -1353,15 +1359,9 @@ fn delete_cleans_up_after_a_killed_shim() {
     spec.value_mut()["root"]["readonly"] = json!(true);
     let b = env.bundle(&id, &spec);
     let rootfs = b.dir.join("rootfs");
-    let (_, socket) = env.start(&b);
-    let daemon = b.shim_pid().expect("shim.pid");
-    let mut c = connect(&socket);
     let mut req = create_req(&b);
     req.rootfs = bind_rootfs(&shared_busybox_rootfs());
-    let created: CreateTaskResponse =
-        call(&mut c, "Create", &req).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
-    let pid = created.pid as i32;
-    let _: StartResponse = call(&mut c, "Start", &id_req(|r: &mut StartRequest| r.id = id.clone())).expect("Start");
+    let (socket, daemon, c, pid) = create_and_start(&env, &b, &id, &req);
     drop(c);
 
     let netns = Path::new(NETNS_DIR).join(format!("podnet-{id}"));
@@ -1442,13 +1442,7 @@ fn delete_with_a_corrupt_bundle_record_names_it_and_still_releases_the_network()
         .cgroups_path(&env.cgroup(&id))
         .annotation("podnet.io/ports", "18080:80/tcp");
     let b = env.bundle(&id, &spec);
-    let (_, socket) = env.start(&b);
-    let daemon = b.shim_pid().expect("shim.pid");
-    let mut c = connect(&socket);
-    let created: CreateTaskResponse =
-        call(&mut c, "Create", &create_req(&b)).unwrap_or_else(|e| panic!("Create: {e}\n{}", b.log()));
-    let pid = created.pid as i32;
-    let _: StartResponse = call(&mut c, "Start", &id_req(|r: &mut StartRequest| r.id = id.clone())).expect("Start");
+    let (socket, daemon, c, pid) = create_and_start(&env, &b, &id, &create_req(&b));
     drop(c);
     let netns = Path::new(NETNS_DIR).join(format!("podnet-{id}"));
     assert!(netns.exists(), "{} after Create", netns.display());
