@@ -562,7 +562,7 @@ impl Container {
             return Err(Error::AlreadyExists(format!("{}/{exec_id}", self.id)));
         }
         let mut proc_spec = proc_spec.clone();
-        let oom_score_adj = spec::prepare_process(&mut proc_spec, "process", &mut Vec::new())
+        let oom_score_adj = spec::prepare_process(&mut proc_spec, &mut Vec::new())
             .map_err(|(field, msg)| Error::spec(format!("exec {exec_id:?} in {:?}", self.id), field, msg))?;
         let json = self.dir.join(format!("exec-{exec_id}.json"));
         let bytes = serde_json::to_vec(&proc_spec).map_err(|e| Error::io("encoding the exec process", e.into()))?;

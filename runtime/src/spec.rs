@@ -87,7 +87,7 @@ pub fn prepare(mut spec: Spec, bundle: &Path, file: &Path, cgroup_default: &str)
     spec.set_root(Some(root));
 
     let mut process = spec.process().clone().ok_or_else(|| bad("process", "missing".into()))?;
-    let oom_score_adj = prepare_process(&mut process, "process", &mut warnings).map_err(|(f, m)| bad(&f, m))?;
+    let oom_score_adj = prepare_process(&mut process, &mut warnings).map_err(|(f, m)| bad(f, m))?;
     spec.set_process(Some(process));
 
     if let Some(mounts) = spec.mounts() {
@@ -156,8 +156,8 @@ pub fn prepare(mut spec: Spec, bundle: &Path, file: &Path, cgroup_default: &str)
 pub const PROPAGATIONS: [&str; 8] =
     ["private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable", "runbindable"];
 
-/// Checks and adapts a process (a container's, or an exec's `field` = "process" for its JSON
-/// path) the same way for an init and for an exec, so that both run under the same rules:
+/// Checks and adapts a process (`process` of a container's spec, or an exec's) the same way for
+/// an init and for an exec, so that both run under the same rules:
 /// something to run, an absolute cwd, AppArmor skipped with a warning where the kernel has none.
 /// `oomScoreAdj` is taken out and returned: libcontainer would write it into the calling
 /// process (the shim), so the runtime writes it to the new process itself. An explicit
@@ -166,15 +166,14 @@ pub const PROPAGATIONS: [&str; 8] =
 /// (where installing fails without CAP_SYS_ADMIN) when it is false.
 pub(crate) fn prepare_process(
     process: &mut Process,
-    field: &str,
     warnings: &mut Vec<String>,
-) -> std::result::Result<Option<i32>, (String, String)> {
+) -> std::result::Result<Option<i32>, (&'static str, String)> {
     match process.args() {
         Some(args) if !args.is_empty() && !args[0].is_empty() => {}
-        _ => return Err((format!("{field}.args"), "empty: nothing to run".into())),
+        _ => return Err(("process.args", "empty: nothing to run".into())),
     }
     if !process.cwd().is_absolute() {
-        return Err((format!("{field}.cwd"), format!("{} is not absolute", process.cwd().display())));
+        return Err(("process.cwd", format!("{} is not absolute", process.cwd().display())));
     }
     let oom_score_adj = process.oom_score_adj();
     process.set_oom_score_adj(None);
@@ -183,7 +182,7 @@ pub(crate) fn prepare_process(
     }
     if let Some(profile) = process.apparmor_profile().clone() {
         if !apparmor_enabled() {
-            let w = format!("{field}.apparmorProfile {profile:?} skipped: AppArmor is not enabled on this kernel");
+            let w = format!("process.apparmorProfile {profile:?} skipped: AppArmor is not enabled on this kernel");
             tracing::warn!("{w}");
             warnings.push(w);
             process.set_apparmor_profile(None);
@@ -463,11 +462,11 @@ mod tests {
     fn an_explicit_no_new_privileges_false_is_unset() {
         let json = minimal("").replace(r#""cwd":"/""#, r#""cwd":"/","noNewPrivileges":false"#);
         let mut process = parse(Path::new("c"), json.as_bytes()).unwrap().process().clone().unwrap();
-        prepare_process(&mut process, "process", &mut Vec::new()).unwrap();
+        prepare_process(&mut process, &mut Vec::new()).unwrap();
         assert_eq!(process.no_new_privileges(), None);
         let mut empty = process.clone();
         empty.set_args(Some(vec![]));
-        assert_eq!(prepare_process(&mut empty, "process", &mut Vec::new()).unwrap_err().0, "process.args");
+        assert_eq!(prepare_process(&mut empty, &mut Vec::new()).unwrap_err().0, "process.args");
     }
 
     #[test]

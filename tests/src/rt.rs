@@ -9,7 +9,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use podnet_runtime::Runtime;
+use podnet_runtime::oci_spec::runtime::Process as OciProcess;
+use podnet_runtime::{Container, Runtime, StdioConfig};
 
 use crate::leaks::{self, Snapshot};
 use crate::oci::{shared_busybox_rootfs, Spec};
@@ -75,6 +76,21 @@ impl RtEnv {
         p
     }
 
+    /// Runs `args` as exec `id` of the running container `c` with `spec`'s process (what
+    /// containerd sends: the container's process with other args), stdout and stderr on one
+    /// fifo; returns the exit code and the output.
+    pub fn exec_output(&self, c: &Container, spec: &Spec, id: &str, args: &[&str]) -> (i32, String) {
+        let out = self.fifo(id);
+        let reader = Reader::open(&out);
+        quiesce();
+        let stdio = StdioConfig { stdout: Some(out.clone()), stderr: Some(out), ..Default::default() };
+        let exec =
+            c.exec(id, &exec_process(spec, args), stdio, &self.runtime).unwrap_or_else(|e| panic!("exec {id}: {e}"));
+        let exit = exec.wait().expect("wait exec");
+        c.remove_exec(id).expect("remove exec");
+        (exit.code, reader.text())
+    }
+
     /// Checks that nothing the test created is left (processes, mounts, cgroups, namespaces).
     pub fn finish(mut self) {
         let before = self.before.take().expect("snapshot");
@@ -92,6 +108,13 @@ impl RtEnv {
         leaks::assert_no_leaks(&before, &marker);
         drop(_serial);
     }
+}
+
+/// `spec`'s process with other args: what containerd sends for an exec.
+pub fn exec_process(spec: &Spec, args: &[&str]) -> OciProcess {
+    let mut p = spec.value()["process"].clone();
+    p["args"] = serde_json::json!(args);
+    serde_json::from_value(p).expect("process JSON")
 }
 
 /// Waits until every other thread of the test process is parked (in a futex or poll wait) and

@@ -7,11 +7,10 @@ use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 
-use podnet_runtime::oci_spec::runtime::Process as OciProcess;
 use podnet_runtime::{Container, CreateOptions, StdioConfig};
 use podnet_tests::confinement::{confinement, field, probe, refusing_profile};
 use podnet_tests::oci::Spec;
-use podnet_tests::rt::{quiesce, Reader, RtEnv};
+use podnet_tests::rt::{exec_process, quiesce, Reader, RtEnv};
 use serde_json::{json, Value};
 
 /// The writable directory the probe chmods (the root is read-only).
@@ -22,31 +21,6 @@ const PROBE_DIR: &str = "/dev/shm";
 fn probing_spec(env: &RtEnv) -> Spec {
     let script = format!("{}; exec sleep 1000", probe(PROBE_DIR));
     env.spec(&["sh", "-c", &script]).capabilities(&["CAP_SYS_ADMIN", "CAP_KILL", "CAP_CHOWN", "CAP_SETUID"])
-}
-
-/// The init's process spec with other args: what containerd sends for an exec.
-fn exec_process(spec: &Spec, args: &[&str]) -> OciProcess {
-    let mut p = spec.value()["process"].clone();
-    p["args"] = json!(args);
-    serde_json::from_value(p).expect("process JSON")
-}
-
-/// Runs `args` as exec `id` in `c` with `spec`'s process, and returns its output and its exit.
-fn exec_output(env: &RtEnv, c: &Container, spec: &Spec, id: &str, args: &[&str]) -> (i32, String) {
-    let out = env.fifo(id);
-    let reader = Reader::open(&out);
-    quiesce();
-    let exec = c
-        .exec(
-            id,
-            &exec_process(spec, args),
-            StdioConfig { stdout: Some(out.clone()), stderr: Some(out), ..Default::default() },
-            &env.runtime,
-        )
-        .unwrap_or_else(|e| panic!("exec {id}: {e}"));
-    let exit = exec.wait().expect("wait exec");
-    c.remove_exec(id).expect("remove exec");
-    (exit.code, reader.text())
 }
 
 /// Creates and starts `spec` as `id`, its output going to the returned reader.
@@ -71,11 +45,11 @@ fn check_agreement(env: &RtEnv, id: &str, spec: Spec) -> (Vec<String>, String) {
     let init_status = fs::read_to_string(format!("/proc/{init_pid}/status")).expect("init status");
     let init = confinement(&init_status);
 
-    let (code, exec_status) = exec_output(env, &c, &spec, "status", &["cat", "/proc/self/status"]);
+    let (code, exec_status) = env.exec_output(&c, &spec, "status", &["cat", "/proc/self/status"]);
     assert_eq!(code, 0, "{exec_status}");
     assert_eq!(confinement(&exec_status), init, "{id}: the exec's confinement differs from the init's");
 
-    let (_, probe) = exec_output(env, &c, &spec, "probe", &["sh", "-c", &probe(PROBE_DIR)]);
+    let (_, probe) = env.exec_output(&c, &spec, "probe", &["sh", "-c", &probe(PROBE_DIR)]);
 
     // A long-running exec: its namespaces, cgroup, limits and oom score seen from the host.
     quiesce();

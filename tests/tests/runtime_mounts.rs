@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use podnet_runtime::{Container, CreateOptions, StdioConfig};
 use podnet_tests::mounts::{is_mount_point, tmpfs, umount_all, SharedTmpfs};
 use podnet_tests::oci::Spec;
-use podnet_tests::rt::{quiesce, Reader, RtEnv};
+use podnet_tests::rt::{Reader, RtEnv};
 use serde_json::{json, Value};
 
 /// A bind mount of `source` on `dest` with `options` (`rbind` first, as CRI writes them).
@@ -23,27 +23,6 @@ fn with_mounts(mut spec: Spec, mounts: Vec<Value>) -> Spec {
     list.push(json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777"] }));
     list.extend(mounts);
     spec
-}
-
-/// Runs `args` in the running container `c` (the init's process with other args), returning
-/// the exit code and the output.
-fn exec(env: &RtEnv, c: &Container, spec: &Spec, id: &str, args: &[&str]) -> (i32, String) {
-    let mut p = spec.value()["process"].clone();
-    p["args"] = json!(args);
-    let out = env.fifo(id);
-    let reader = Reader::open(&out);
-    quiesce();
-    let e = c
-        .exec(
-            id,
-            &serde_json::from_value(p).expect("process"),
-            StdioConfig { stdout: Some(out.clone()), stderr: Some(out), ..Default::default() },
-            &env.runtime,
-        )
-        .unwrap_or_else(|e| panic!("exec {id}: {e}"));
-    let code = e.wait().expect("wait").code;
-    c.remove_exec(id).expect("remove exec");
-    (code, reader.text())
 }
 
 fn start(env: &RtEnv, id: &str, spec: &Spec) -> Container {
@@ -70,13 +49,13 @@ fn crossings(env: &RtEnv, c: &Container, spec: &Spec, volumes: &[(&str, PathBuf)
         let script = format!(
             "mkdir -p {volume}/from-ctr && mount -t tmpfs ctr {volume}/from-ctr && touch {volume}/from-ctr/mark"
         );
-        let (code, text) = exec(env, c, spec, &format!("m{i}"), &["sh", "-c", &script]);
+        let (code, text) = env.exec_output(c, spec, &format!("m{i}"), &["sh", "-c", &script]);
         assert_eq!(code, 0, "mounting in {volume}: {text}");
         let host_side = source.join("from-host");
         tmpfs(&host_side);
         fs::write(host_side.join("mark"), "host").expect("host mark");
         // Propagation happens within the mount(2) call: both sides can look right away.
-        let (_, seen) = exec(env, c, spec, &format!("l{i}"), &["sh", "-c", &format!("ls {volume}/from-host/")]);
+        let (_, seen) = env.exec_output(c, spec, &format!("l{i}"), &["sh", "-c", &format!("ls {volume}/from-host/")]);
         let container_to_host = source.join("from-ctr/mark").exists();
         out.push(Crossed { host_to_container: seen.contains("mark"), container_to_host });
     }
