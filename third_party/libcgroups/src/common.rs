@@ -58,6 +58,8 @@ pub enum AnyManagerError {
     #[error(transparent)]
     Systemd(#[from] systemd::manager::SystemdManagerError),
     #[error(transparent)]
+    SystemdLegacy(#[from] systemd::legacy::SystemdLegacyError),
+    #[error(transparent)]
     V1(#[from] v1::manager::V1ManagerError),
     #[error(transparent)]
     V2(#[from] v2::manager::V2ManagerError),
@@ -66,6 +68,8 @@ pub enum AnyManagerError {
 // systemd is boxed due to size lint https://rust-lang.github.io/rust-clippy/master/index.html#/large_enum_variant
 pub enum AnyCgroupManager {
     Systemd(Box<systemd::manager::Manager>),
+    /// podnet: systemd's driver on cgroup v1 (legacy and hybrid layouts).
+    SystemdLegacy(Box<systemd::legacy::Manager>),
     V1(v1::manager::Manager),
     V2(v2::manager::Manager),
 }
@@ -76,6 +80,7 @@ impl CgroupManager for AnyCgroupManager {
     fn add_task(&self, pid: Pid) -> Result<(), Self::Error> {
         match self {
             AnyCgroupManager::Systemd(m) => Ok(m.add_task(pid)?),
+            AnyCgroupManager::SystemdLegacy(m) => Ok(m.add_task(pid)?),
             AnyCgroupManager::V1(m) => Ok(m.add_task(pid)?),
             AnyCgroupManager::V2(m) => Ok(m.add_task(pid)?),
         }
@@ -84,6 +89,7 @@ impl CgroupManager for AnyCgroupManager {
     fn apply(&self, controller_opt: &ControllerOpt) -> Result<(), Self::Error> {
         match self {
             AnyCgroupManager::Systemd(m) => Ok(m.apply(controller_opt)?),
+            AnyCgroupManager::SystemdLegacy(m) => Ok(m.apply(controller_opt)?),
             AnyCgroupManager::V1(m) => Ok(m.apply(controller_opt)?),
             AnyCgroupManager::V2(m) => Ok(m.apply(controller_opt)?),
         }
@@ -92,6 +98,7 @@ impl CgroupManager for AnyCgroupManager {
     fn remove(&self) -> Result<(), Self::Error> {
         match self {
             AnyCgroupManager::Systemd(m) => Ok(m.remove()?),
+            AnyCgroupManager::SystemdLegacy(m) => Ok(m.remove()?),
             AnyCgroupManager::V1(m) => Ok(m.remove()?),
             AnyCgroupManager::V2(m) => Ok(m.remove()?),
         }
@@ -100,6 +107,7 @@ impl CgroupManager for AnyCgroupManager {
     fn freeze(&self, state: FreezerState) -> Result<(), Self::Error> {
         match self {
             AnyCgroupManager::Systemd(m) => Ok(m.freeze(state)?),
+            AnyCgroupManager::SystemdLegacy(m) => Ok(m.freeze(state)?),
             AnyCgroupManager::V1(m) => Ok(m.freeze(state)?),
             AnyCgroupManager::V2(m) => Ok(m.freeze(state)?),
         }
@@ -108,6 +116,7 @@ impl CgroupManager for AnyCgroupManager {
     fn stats(&self) -> Result<Stats, Self::Error> {
         match self {
             AnyCgroupManager::Systemd(m) => Ok(m.stats()?),
+            AnyCgroupManager::SystemdLegacy(m) => Ok(m.stats()?),
             AnyCgroupManager::V1(m) => Ok(m.stats()?),
             AnyCgroupManager::V2(m) => Ok(m.stats()?),
         }
@@ -116,6 +125,7 @@ impl CgroupManager for AnyCgroupManager {
     fn get_all_pids(&self) -> Result<Vec<Pid>, Self::Error> {
         match self {
             AnyCgroupManager::Systemd(m) => Ok(m.get_all_pids()?),
+            AnyCgroupManager::SystemdLegacy(m) => Ok(m.get_all_pids()?),
             AnyCgroupManager::V1(m) => Ok(m.get_all_pids()?),
             AnyCgroupManager::V2(m) => Ok(m.get_all_pids()?),
         }
@@ -338,6 +348,8 @@ pub enum CreateCgroupSetupError {
     V2(#[from] v2::manager::V2ManagerError),
     #[error("systemd error: {0}")]
     Systemd(#[from] systemd::manager::SystemdManagerError),
+    #[error("systemd error: {0}")]
+    SystemdLegacy(#[from] systemd::legacy::SystemdLegacyError),
 }
 
 #[derive(Clone)]
@@ -366,13 +378,26 @@ pub fn create_cgroup_manager_with_root(
     let cgroup_path = config.cgroup_path.as_path();
 
     match cgroup_setup {
+        // podnet: the systemd driver on v1 as well (it was the v1 manager on the literal
+        // `slice:prefix:name` path).
+        CgroupSetup::Legacy | CgroupSetup::Hybrid
+            if config.systemd_cgroup && !cgroup_path.is_absolute() =>
+        {
+            Ok(create_systemd_legacy_cgroup_manager(cgroup_path, &config.container_name)?.any())
+        }
         CgroupSetup::Legacy | CgroupSetup::Hybrid => {
             Ok(create_v1_cgroup_manager(cgroup_path)?.any())
         }
         CgroupSetup::Unified => {
             // ref https://github.com/opencontainers/runtime-spec/blob/main/config-linux.md#cgroups-path
-            if cgroup_path.is_absolute() || !config.systemd_cgroup {
+            if cgroup_path.is_absolute() {
                 return Ok(create_v2_cgroup_manager(root, cgroup_path)?.any());
+            }
+            if !config.systemd_cgroup {
+                // podnet: a relative path is below the caller's own cgroup, as runc's cgroupfs
+                // driver takes it (it was taken below the root).
+                let own = own_unified_cgroup()?;
+                return Ok(create_v2_cgroup_manager(root, &own.join(cgroup_path))?.any());
             }
             Ok(
                 create_systemd_cgroup_manager(root, cgroup_path, config.container_name.as_str())?
@@ -386,6 +411,51 @@ pub fn create_cgroup_manager(
     config: CgroupConfig,
 ) -> Result<AnyCgroupManager, CreateCgroupSetupError> {
     create_cgroup_manager_with_root(Some(Path::new(DEFAULT_CGROUP_ROOT)), config)
+}
+
+#[cfg(feature = "systemd")]
+fn create_systemd_legacy_cgroup_manager(
+    cgroup_path: &Path,
+    container_name: &str,
+) -> Result<systemd::legacy::Manager, systemd::legacy::SystemdLegacyError> {
+    if !systemd::booted() {
+        return Err(systemd::manager::SystemdManagerError::SystemdNotAvailable.into());
+    }
+    if !is_true_root().map_err(systemd::manager::SystemdManagerError::WrappedIo)? {
+        return Err(systemd::manager::SystemdManagerError::SystemdClient(
+            systemd::dbus_native::utils::SystemdClientError::DBus(
+                systemd::dbus_native::utils::DbusError::ConnectionError(
+                    "systemd's cgroup driver on cgroup v1 needs the system bus (root)".into(),
+                ),
+            ),
+        )
+        .into());
+    }
+    tracing::info!("systemd cgroup manager on cgroup v1 will be used");
+    systemd::legacy::Manager::new(cgroup_path, container_name.to_string())
+}
+
+#[cfg(not(feature = "systemd"))]
+fn create_systemd_legacy_cgroup_manager(
+    _cgroup_path: &Path,
+    _container_name: &str,
+) -> Result<systemd::legacy::Manager, systemd::legacy::SystemdLegacyError> {
+    Err(systemd::legacy::SystemdLegacyError::NotEnabled)
+}
+
+/// podnet: the caller's cgroup in the unified hierarchy (`0::` of /proc/self/cgroup).
+fn own_unified_cgroup() -> Result<PathBuf, WrappedIoError> {
+    let path = Path::new("/proc/self/cgroup");
+    let text = fs::read_to_string(path).map_err(|err| WrappedIoError::Read {
+        err,
+        path: path.into(),
+    })?;
+    let own = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/")
+        .trim_start_matches('/');
+    Ok(PathBuf::from("/").join(own))
 }
 
 #[cfg(feature = "v1")]

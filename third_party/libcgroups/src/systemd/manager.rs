@@ -65,10 +65,10 @@ pub struct Manager {
 /// The slice is the "parent" and should be expanded properly,
 /// see expand_slice below.
 #[derive(Debug)]
-struct CgroupsPath {
-    parent: String,
-    prefix: String,
-    name: String,
+pub(crate) struct CgroupsPath {
+    pub(crate) parent: String,
+    pub(crate) prefix: String,
+    pub(crate) name: String,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -122,7 +122,7 @@ impl Display for CgroupsPath {
 }
 
 /// ensures that a parent unit for the current unit is specified
-fn ensure_parent_unit(cgroups_path: &mut CgroupsPath, use_system: bool) {
+pub(crate) fn ensure_parent_unit(cgroups_path: &mut CgroupsPath, use_system: bool) {
     if cgroups_path.parent.is_empty() {
         cgroups_path.parent = match use_system {
             true => "system.slice".to_owned(),
@@ -312,7 +312,7 @@ impl Manager {
 
     /// get_unit_name returns the unit (scope) name from the path provided by the user
     /// for example: foo:docker:bar returns in '/docker-bar.scope'
-    fn get_unit_name(cgroups_path: &CgroupsPath) -> String {
+    pub(crate) fn get_unit_name(cgroups_path: &CgroupsPath) -> String {
         // By default we create a scope unless specified explicitly.
         if !cgroups_path.name.ends_with(".slice") {
             return format!("{}-{}.scope", cgroups_path.prefix, cgroups_path.name);
@@ -341,7 +341,7 @@ impl Manager {
     // systemd represents slice hierarchy using `-`, so we need to follow suit when
     // generating the path of slice. For example, 'test-a-b.slice' becomes
     // '/test.slice/test-a.slice/test-a-b.slice'.
-    fn expand_slice(slice: &str) -> Result<PathBuf, SystemdManagerError> {
+    pub(crate) fn expand_slice(slice: &str) -> Result<PathBuf, SystemdManagerError> {
         let suffix = ".slice";
         if slice.len() <= suffix.len() || !slice.ends_with(suffix) {
             return Err(SystemdManagerError::InvalidSliceName(slice.into()));
@@ -476,6 +476,11 @@ impl Manager {
 
     pub fn any(self) -> AnyCgroupManager {
         AnyCgroupManager::Systemd(Box::new(self))
+    }
+
+    /// podnet: the unit's cgroup below the hierarchy root.
+    pub fn cgroups_path(&self) -> &Path {
+        &self.cgroups_path
     }
 }
 

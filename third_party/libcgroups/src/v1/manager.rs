@@ -115,6 +115,12 @@ impl Manager {
 
         let p = if cgroup_path.as_os_str().is_empty() {
             mount_point.join_safely(Path::new(&cgroup.pathname))?
+        } else if cgroup_path.is_relative() {
+            // podnet: a relative path is below the caller's own cgroup in this hierarchy, as
+            // runc's cgroupfs driver takes it (it was taken below the root).
+            mount_point
+                .join_safely(Path::new(&cgroup.pathname))?
+                .join_safely(cgroup_path)?
         } else {
             mount_point.join_safely(cgroup_path)?
         };

@@ -445,6 +445,75 @@ impl DbusConnection {
     fn create_proxy(&self) -> Proxy<'_> {
         self.proxy("org.freedesktop.systemd1", "/org/freedesktop/systemd1")
     }
+
+    /// podnet: see [`Proxy::reset_failed_unit`].
+    pub fn reset_failed_unit(&self, unit_name: &str) -> Result<()> {
+        self.create_proxy().reset_failed_unit(unit_name)
+    }
+
+    /// podnet: [`SystemdClient::start_transient_unit`] with `extra` properties as well. systemd
+    /// realizes the unit's cgroup from the properties it starts with: on cgroup v1 a controller
+    /// (devices) a unit starts without is one its processes are put in the slice's cgroup of,
+    /// not the unit's, so the v1 driver starts units with their resources set.
+    pub fn start_transient_unit_with(
+        &self,
+        container_name: &str,
+        pid: u32,
+        parent: &str,
+        unit_name: &str,
+        extra: Vec<(&str, Variant)>,
+    ) -> Result<()> {
+        // To view and introspect the methods under the 'org.freedesktop.systemd1' destination
+        // and object path under it use the following command:
+        // `gdbus introspect --system --dest org.freedesktop.systemd1 --object-path /org/freedesktop/systemd1`
+        let proxy = self.create_proxy();
+
+        // To align with runc, youki will always add the following properties to its container units:
+        // - CPUAccounting=true
+        // - IOAccounting=true (BlockIOAccounting for cgroup v1)
+        // - MemoryAccounting=true
+        // - TasksAccounting=true
+        // see https://github.com/opencontainers/runc/blob/6023d635d725a74c6eaa11ab7f3c870c073badd2/docs/systemd.md#systemd-cgroup-driver
+        // for more details.
+        let mut properties: Vec<(&str, Variant)> = Vec::with_capacity(10 + extra.len());
+        properties.push((
+            "Description",
+            Variant::String(format!("youki container {container_name}")),
+        ));
+
+        // if we create a slice, the parent is defined via a Wants=
+        // otherwise, we use Slice=
+        if unit_name.ends_with("slice") {
+            properties.push(("Wants", Variant::String(parent.to_owned())));
+        } else {
+            properties.push(("Slice", Variant::String(parent.to_owned())));
+            properties.push(("Delegate", Variant::Bool(true)));
+        }
+
+        properties.push(("MemoryAccounting", Variant::Bool(true)));
+        properties.push(("CPUAccounting", Variant::Bool(true)));
+        properties.push(("IOAccounting", Variant::Bool(true)));
+        properties.push(("TasksAccounting", Variant::Bool(true)));
+
+        properties.push(("DefaultDependencies", Variant::Bool(false)));
+        properties.push(("PIDs", Variant::ArrayU32(vec![pid])));
+        // podnet: the caller's own, e.g. the v1 driver's resources (see `start_transient_unit_with`).
+        properties.extend(extra);
+
+        tracing::debug!("Starting transient unit: {:?}", properties);
+        let props = properties
+            .into_iter()
+            .map(|(k, v)| Structure::new(k.into(), v))
+            .collect();
+        proxy
+            .start_transient_unit(unit_name, "replace", props, vec![])
+            .map_err(|err| SystemdClientError::FailedTransient {
+                err: Box::new(err),
+                unit_name: unit_name.into(),
+                parent: parent.into(),
+            })?;
+        Ok(())
+    }
 }
 
 impl SystemdClient for DbusConnection {
@@ -467,54 +536,7 @@ impl SystemdClient for DbusConnection {
         parent: &str,
         unit_name: &str,
     ) -> Result<()> {
-        // To view and introspect the methods under the 'org.freedesktop.systemd1' destination
-        // and object path under it use the following command:
-        // `gdbus introspect --system --dest org.freedesktop.systemd1 --object-path /org/freedesktop/systemd1`
-        let proxy = self.create_proxy();
-
-        // To align with runc, youki will always add the following properties to its container units:
-        // - CPUAccounting=true
-        // - IOAccounting=true (BlockIOAccounting for cgroup v1)
-        // - MemoryAccounting=true
-        // - TasksAccounting=true
-        // see https://github.com/opencontainers/runc/blob/6023d635d725a74c6eaa11ab7f3c870c073badd2/docs/systemd.md#systemd-cgroup-driver
-        // for more details.
-        let mut properties: Vec<(&str, Variant)> = Vec::with_capacity(6);
-        properties.push((
-            "Description",
-            Variant::String(format!("youki container {container_name}")),
-        ));
-
-        // if we create a slice, the parent is defined via a Wants=
-        // otherwise, we use Slice=
-        if unit_name.ends_with("slice") {
-            properties.push(("Wants", Variant::String(parent.to_owned())));
-        } else {
-            properties.push(("Slice", Variant::String(parent.to_owned())));
-            properties.push(("Delegate", Variant::Bool(true)));
-        }
-
-        properties.push(("MemoryAccounting", Variant::Bool(true)));
-        properties.push(("CPUAccounting", Variant::Bool(true)));
-        properties.push(("IOAccounting", Variant::Bool(true)));
-        properties.push(("TasksAccounting", Variant::Bool(true)));
-
-        properties.push(("DefaultDependencies", Variant::Bool(false)));
-        properties.push(("PIDs", Variant::ArrayU32(vec![pid])));
-
-        tracing::debug!("Starting transient unit: {:?}", properties);
-        let props = properties
-            .into_iter()
-            .map(|(k, v)| Structure::new(k.into(), v))
-            .collect();
-        proxy
-            .start_transient_unit(unit_name, "replace", props, vec![])
-            .map_err(|err| SystemdClientError::FailedTransient {
-                err: Box::new(err),
-                unit_name: unit_name.into(),
-                parent: parent.into(),
-            })?;
-        Ok(())
+        self.start_transient_unit_with(container_name, pid, parent, unit_name, Vec::new())
     }
 
     fn stop_transient_unit(&self, unit_name: &str) -> Result<()> {

@@ -202,6 +202,16 @@ impl<'conn> Proxy<'conn> {
         )
     }
 
+    /// podnet: forgets a failed unit (runc does this after stopping a container's unit, so
+    /// that a scope left failed, e.g. by an OOM kill, does not stay loaded).
+    pub fn reset_failed_unit(&self, name: &str) -> Result<()> {
+        self.method_call::<_, ()>(
+            "org.freedesktop.systemd1.Manager",
+            "ResetFailedUnit",
+            Some(name),
+        )
+    }
+
     pub fn set_unit_properties(
         &self,
         name: &str,
