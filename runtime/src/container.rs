@@ -5,15 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use libcgroups::common::{
-    create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, FreezerState,
-};
+use libcgroups::common::{AnyCgroupManager, CgroupManager, ControllerOpt, FreezerState};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container as LcContainer;
 use libcontainer::error::LibcontainerError;
 use libcontainer::oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Process as OciProcess};
 use libcontainer::syscall::syscall::SyscallType;
 
+use crate::cgroup::{Cgroup, Driver};
 use crate::error::{Error, Errors, Result};
 use crate::process::{self, pidfd_open, pidfd_send_signal, Exit, Process};
 use crate::sandbox::SandboxHandle;
@@ -54,6 +53,8 @@ pub struct CreateOptions {
     /// Run in this network namespace (a bind mount such as /var/run/netns/<name>) instead of
     /// the one the spec names or asks for.
     pub netns: Option<PathBuf>,
+    /// podnet's `systemd_cgroup`: the cgroup driver (`cgroup::choose`).
+    pub systemd_cgroup: Option<bool>,
     /// Run the embedded pause instead of the spec's process (a pod sandbox whose image has no
     /// pause binary): the rest of the spec applies as written.
     pub embedded_pause: bool,
@@ -89,10 +90,7 @@ pub struct Container {
     /// `<runtime root>/<id>`: the effective config.json, console sockets, and libcontainer's
     /// own state directory `<id>/`.
     dir: PathBuf,
-    cgroup_path: PathBuf,
-    /// Built on first use: building one reads mountinfo once per controller, which costs
-    /// milliseconds on a v1 host.
-    cgroup: Mutex<Option<AnyCgroupManager>>,
+    cgroup: Arc<Cgroup>,
     poststop: Option<Vec<Hook>>,
     lc: Mutex<LcContainer>,
     init: Arc<Process>,
@@ -164,7 +162,7 @@ impl Runtime {
         if let Some(path) = &opts.netns {
             spec::set_namespace_path(&mut oci, LinuxNamespaceType::Network, path);
         }
-        let prepared = spec::prepare(oci, bundle, &file, &format!("/podnet/{id}"))?;
+        let prepared = spec::prepare(oci, bundle, &file, id, opts.systemd_cgroup)?;
         if opts.embedded_pause {
             let (pause, exec) = self.pause_executor()?;
             let c = self.build(id, prepared, opts.stdio, Workload::Pause(exec), None);
@@ -178,11 +176,22 @@ impl Runtime {
     pub(crate) fn build(
         &self,
         id: &str,
-        prepared: spec::Prepared,
+        mut prepared: spec::Prepared,
         stdio_cfg: StdioConfig,
         workload: Workload,
         sandbox_kinds: Option<Vec<LinuxNamespaceType>>,
     ) -> Result<Container> {
+        let cgroup_path = prepared
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone())
+            .unwrap_or_else(|| PathBuf::from(format!("/podnet/{id}")));
+        // Before anything is made: for systemd this asks systemd where the unit's cgroup is.
+        let cgroup = Arc::new(Cgroup::open(id, &cgroup_path, prepared.driver)?);
+        if prepared.joins_pid {
+            spec::rewrite_v1_cgroup_mounts(&mut prepared.spec, &cgroup.dir, &spec::v1_hierarchies());
+        }
         let dir = self.root.join(id);
         match fs::create_dir(&dir) {
             Ok(()) => {}
@@ -191,16 +200,11 @@ impl Runtime {
             }
             Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
         }
-        let cgroup_path = prepared
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().clone())
-            .unwrap_or_else(|| PathBuf::from(format!("/podnet/{id}")));
-        let result = self.build_in(id, &dir, &cgroup_path, prepared, stdio_cfg, workload, sandbox_kinds);
+        let result = self.build_in(id, &dir, &cgroup, prepared, stdio_cfg, workload, sandbox_kinds);
         if result.is_err() {
-            // The build reaped what it started; what remains is the cgroup and the directory.
-            let _ = remove_cgroup(id, &cgroup_path);
+            // The build reaped what it started; what remains is the cgroup (and unit) and the
+            // directory.
+            let _ = cgroup.remove();
             let _ = fs::remove_dir_all(&dir);
         }
         result
@@ -211,13 +215,14 @@ impl Runtime {
         &self,
         id: &str,
         dir: &Path,
-        cgroup_path: &Path,
+        cgroup: &Arc<Cgroup>,
         prepared: spec::Prepared,
         stdio_cfg: StdioConfig,
         workload: Workload,
         sandbox_kinds: Option<Vec<LinuxNamespaceType>>,
     ) -> Result<Container> {
-        let spec::Prepared { spec: oci, oom_score_adj, warnings } = prepared;
+        let spec::Prepared { spec: oci, oom_score_adj, warnings, driver, joins_pid: _ } = prepared;
+        driver.save(dir)?;
         let terminal = oci.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         let poststop = oci.hooks().as_ref().and_then(|h| h.poststop().clone());
         spec::write(&oci, dir)?;
@@ -233,7 +238,7 @@ impl Runtime {
                 Workload::Pause(exec) => b.with_executor(exec),
                 Workload::Spec => b.with_executor(SpecExecutor),
             };
-            b.validate_id()?.as_init(dir).with_systemd(false).with_detach(true).build()
+            b.validate_id()?.as_init(dir).with_systemd(driver == Driver::Systemd).with_detach(true).build()
         })?;
         let Some(pid) = lc.pid() else {
             return Err(Error::Container {
@@ -252,8 +257,7 @@ impl Runtime {
         Ok(Container {
             id: id.to_string(),
             dir: dir.to_path_buf(),
-            cgroup_path: cgroup_path.to_path_buf(),
-            cgroup: Mutex::new(None),
+            cgroup: Arc::clone(cgroup),
             poststop,
             lc: Mutex::new(lc),
             init: Arc::new(init),
@@ -349,17 +353,15 @@ impl Runtime {
             .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()))
             .unwrap_or_else(|| PathBuf::from(format!("/podnet/{id}")));
         let mut errs = Errors::default();
-        if cgroup_exists(&cgroup_path) {
-            match cgroup_manager(id, &cgroup_path) {
-                Ok(mgr) => {
-                    errs.push(kill_cgroup(&mgr, id).and_then(|fds| wait_gone(&fds, id)));
-                    errs.push(
-                        mgr.remove()
-                            .map_err(|e| Error::container(format!("removing cgroup {}", cgroup_path.display()), &e)),
-                    );
+        let cgroup = Driver::load(&dir).and_then(|driver| Cgroup::open(id, &cgroup_path, driver));
+        match cgroup {
+            Ok(cg) => {
+                if cg.exists() {
+                    errs.push(cg.with(|m| kill_cgroup(m, id)).and_then(|fds| wait_gone(&fds, id)));
                 }
-                Err(e) => errs.push(Err(e)),
+                errs.push(cg.remove());
             }
+            Err(e) => errs.push(Err(e)),
         }
         if let Err(e) = fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -390,19 +392,6 @@ fn kill_cgroup(mgr: &AnyCgroupManager, id: &str) -> Result<Vec<std::os::fd::Owne
     }
     let _ = mgr.freeze(FreezerState::Thawed);
     Ok(fds)
-}
-
-fn cgroup_manager(id: &str, path: &Path) -> Result<AnyCgroupManager> {
-    create_cgroup_manager(CgroupConfig {
-        cgroup_path: path.to_path_buf(),
-        systemd_cgroup: false,
-        container_name: id.to_string(),
-    })
-    .map_err(|e| Error::container(format!("cgroup {}", path.display()), &e))
-}
-
-fn remove_cgroup(id: &str, path: &Path) -> Result<()> {
-    cgroup_manager(id, path)?.remove().map_err(|e| Error::container(format!("removing cgroup {}", path.display()), &e))
 }
 
 impl Container {
@@ -442,20 +431,20 @@ impl Container {
         &self.warnings
     }
 
+    /// `linux.cgroupsPath` as prepared.
     pub fn cgroup_path(&self) -> &Path {
-        &self.cgroup_path
+        &self.cgroup.path
+    }
+
+    /// The container's cgroup directory below the hierarchy roots: the systemd unit's, or the
+    /// cgroupfs path (relative: below this process's own cgroup, `cgroup::in_hierarchy`).
+    pub fn cgroup_dir(&self) -> &Path {
+        &self.cgroup.dir
     }
 
     /// Runs `f` with the container's cgroup manager.
     fn with_cgroup<T>(&self, f: impl FnOnce(&AnyCgroupManager) -> Result<T>) -> Result<T> {
-        let mut guard = self.cgroup.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            *guard = Some(cgroup_manager(&self.id, &self.cgroup_path)?);
-        }
-        match guard.as_ref() {
-            Some(m) => f(m),
-            None => Err(self.state_error("cgroup")),
-        }
+        self.cgroup.with(f)
     }
 
     fn flags(&self) -> std::sync::MutexGuard<'_, Flags> {
@@ -510,7 +499,7 @@ impl Container {
     fn kill_all(&self, signal: i32) -> Result<Vec<std::os::fd::OwnedFd>> {
         let list = |mgr: &AnyCgroupManager| match mgr.get_all_pids() {
             Ok(p) => Ok(p),
-            Err(_) if !cgroup_exists(&self.cgroup_path) => Ok(Vec::new()),
+            Err(_) if !self.cgroup.exists() => Ok(Vec::new()),
             Err(e) => Err(Error::container(format!("listing the processes of {:?}", self.id), &e)),
         };
         let mut pids = self.with_cgroup(list)?;
@@ -723,11 +712,7 @@ impl Container {
         let exit = self.init.wait().map_err(|e| Error::io(format!("reaping the init of {:?}", self.id), e));
         self.io.shutdown();
         // libcontainer's delete would build another cgroup manager; this one is at hand.
-        if cgroup_exists(&self.cgroup_path) {
-            errs.push(self.with_cgroup(|m| {
-                m.remove().map_err(|e| Error::container(format!("removing cgroup {}", self.cgroup_path.display()), &e))
-            }));
-        }
+        errs.push(self.cgroup.remove());
         if self.poststop.is_some() {
             let lc = self.lc.lock().unwrap_or_else(|p| p.into_inner());
             let mut state = lc.state.clone();
@@ -752,14 +737,6 @@ impl Container {
         errs.into_result()?;
         exit.ok_or_else(|| self.state_error("delete"))
     }
-}
-
-/// True if the container's cgroup directory exists in any hierarchy podnet uses.
-fn cgroup_exists(path: &Path) -> bool {
-    let rel = path.strip_prefix("/").unwrap_or(path);
-    ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
-        .iter()
-        .any(|root| Path::new(root).join(rel).is_dir())
 }
 
 /// Waits (on their pidfds, no polling) for killed processes to be gone.

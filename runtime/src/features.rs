@@ -223,14 +223,15 @@ fn capabilities() -> Vec<String> {
     caps.iter().map(|c| c.to_string()).collect()
 }
 
-/// podnet builds libcontainer and libcgroups with their `v1` and `v2` features (runtime/Cargo.toml)
-/// and without `systemd`: a systemd-style cgroupsPath is refused by `spec::prepare`. libcgroups
-/// has no rdma controller, so `linux.resources.rdma` is not applied.
+/// podnet builds libcontainer and libcgroups with their `v1`, `v2` and `systemd` features
+/// (runtime/Cargo.toml): the systemd driver works on v2 and, with podnet's patched libcgroups,
+/// on v1 (`cgroup.rs`); as root only, so not for systemd user instances. libcgroups has no rdma
+/// controller, so `linux.resources.rdma` is not applied.
 fn cgroup() -> Cgroup {
     let mut c = Cgroup::default();
     c.set_v1(Some(true));
     c.set_v2(Some(true));
-    c.set_systemd(Some(false));
+    c.set_systemd(Some(true));
     c.set_systemd_user(Some(false));
     c.set_rdma(Some(false));
     c
@@ -368,7 +369,7 @@ mod tests {
         }
         assert_eq!(
             l["cgroup"],
-            serde_json::json!({"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false})
+            serde_json::json!({"v1": true, "v2": true, "systemd": true, "systemdUser": false, "rdma": false})
         );
         assert_eq!(l["mountExtensions"], serde_json::json!({"idmap": {"enabled": false}}));
         assert_eq!(l["selinux"]["enabled"], false);

@@ -12,6 +12,7 @@
 //! Rust threads, or allocate on other threads, while a create or exec is in progress, or the
 //! clone can inherit a held lock and hang. The shim serves everything from one thread for that.
 mod capture;
+pub mod cgroup;
 pub mod container;
 pub mod error;
 pub mod features;

@@ -55,6 +55,8 @@ pub struct SandboxConfig {
     pub share_pid: bool,
     pub hostname: Option<String>,
     pub cgroups_path: Option<PathBuf>,
+    /// podnet's `systemd_cgroup`: the cgroup driver (`cgroup::choose`).
+    pub systemd_cgroup: Option<bool>,
     pub sysctls: BTreeMap<String, String>,
     pub oom_score_adj: Option<i32>,
 }
@@ -81,12 +83,13 @@ impl SandboxConfig {
             share_pid: false,
             hostname: oci.hostname().clone(),
             cgroups_path: linux.and_then(|l| l.cgroups_path().clone()),
+            systemd_cgroup: None,
             sysctls: linux.and_then(|l| l.sysctl().clone()).map(|m| m.into_iter().collect()).unwrap_or_default(),
             oom_score_adj: oci.process().as_ref().and_then(|p| p.oom_score_adj()),
         }
     }
 
-    fn spec_json(&self, id: &str, root: &Path) -> serde_json::Value {
+    fn spec_json(&self, root: &Path) -> serde_json::Value {
         let mut namespaces = vec![serde_json::json!({"type": "mount"})];
         for (kind, mode) in [("network", &self.network), ("ipc", &self.ipc), ("uts", &self.uts), ("pid", &self.pid)] {
             match mode {
@@ -110,7 +113,7 @@ impl SandboxConfig {
         }
         let mut linux = serde_json::json!({
             "namespaces": namespaces,
-            "cgroupsPath": self.cgroups_path.clone().unwrap_or_else(|| PathBuf::from(format!("/podnet/{id}"))),
+            "cgroupsPath": self.cgroups_path.clone(),
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
         });
         if !self.sysctls.is_empty() {
@@ -201,11 +204,11 @@ impl Runtime {
         validate_id(id)?;
         let root = self.pause_root()?;
         let (pause, exec) = self.pause_executor()?;
-        let json = cfg.spec_json(id, &root);
+        let json = cfg.spec_json(&root);
         let file = self.root.join(id).join("config.json");
         let oci: Spec = serde_json::from_value(json)
             .map_err(|e| Error::spec(&file, "sandbox", format!("building the pause spec: {e}")))?;
-        let prepared = spec::prepare(oci, &root, &file, &format!("/podnet/{id}"))?;
+        let prepared = spec::prepare(oci, &root, &file, id, cfg.systemd_cgroup)?;
         let c = self.build(id, prepared, StdioConfig::null(), Workload::Pause(exec), Some(cfg.shared_kinds()));
         drop(pause);
         c
@@ -309,7 +312,7 @@ mod tests {
         assert_eq!(cfg.hostname.as_deref(), Some("pod-a"));
         assert_eq!(cfg.oom_score_adj, Some(-998));
         assert_eq!(cfg.sysctls.len(), 1);
-        let pause: Spec = serde_json::from_value(cfg.spec_json("x", Path::new("/r"))).unwrap();
+        let pause: Spec = serde_json::from_value(cfg.spec_json(Path::new("/r"))).unwrap();
         let ns = pause.linux().as_ref().unwrap().namespaces().clone().unwrap();
         assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Uts));
         assert!(pause

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use libcontainer::oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Process, Spec};
 
+use crate::cgroup::{self, Driver};
 use crate::error::{Error, Result};
 
 /// `ioctl(NS_GET_NSTYPE)`: which kind of namespace an nsfs file is.
@@ -23,6 +24,11 @@ pub struct Prepared {
     pub spec: Spec,
     pub oom_score_adj: Option<i32>,
     pub warnings: Vec<String>,
+    /// The cgroup driver of `linux.cgroupsPath` (see `cgroup::choose`).
+    pub driver: Driver,
+    /// The container joins a PID namespace: its v1 `cgroup` mounts are rewritten once its
+    /// cgroup directory is known ([`rewrite_v1_cgroup_mounts`]).
+    pub joins_pid: bool,
 }
 
 /// Reads `<bundle>/config.json`. A malformed file is reported with the JSON path and the
@@ -64,9 +70,10 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Result<Spec> {
     })
 }
 
-/// Checks `spec` (read from `file` in `bundle`) and adapts it for libcontainer. `cgroup_default`
-/// is used when the spec names no cgroupsPath.
-pub fn prepare(mut spec: Spec, bundle: &Path, file: &Path, cgroup_default: &str) -> Result<Prepared> {
+/// Checks `spec` (read from `file` in `bundle`) of container `id` and adapts it for
+/// libcontainer. `systemd_cgroup` is podnet's setting of that name (see `cgroup::choose`); a
+/// spec that names no cgroupsPath gets `/podnet/<id>` on cgroupfs.
+pub fn prepare(mut spec: Spec, bundle: &Path, file: &Path, id: &str, systemd_cgroup: Option<bool>) -> Result<Prepared> {
     let bad = |field: &str, msg: String| Error::spec(file, field, msg);
     let mut warnings = Vec::new();
 
@@ -126,29 +133,22 @@ pub fn prepare(mut spec: Spec, bundle: &Path, file: &Path, cgroup_default: &str)
             }
         }
     }
-    match linux.cgroups_path() {
-        Some(p) if !p.is_absolute() && p.to_string_lossy().contains(':') => {
-            return Err(Error::Unsupported(format!(
-                "linux.cgroupsPath {:?} is in the systemd driver's slice:prefix:name form; podnet manages cgroupfs paths only (use SystemdCgroup = false)",
-                p.display()
-            )));
-        }
-        Some(_) => {}
-        None => {
-            linux.set_cgroups_path(Some(PathBuf::from(cgroup_default)));
-        }
-    }
-    let cgroup_path = linux.cgroups_path().clone().unwrap_or_default();
+    let (driver, cgroup_path) = cgroup::choose(
+        id,
+        linux.cgroups_path().as_deref().filter(|p| !p.as_os_str().is_empty()),
+        systemd_cgroup,
+        cgroup::systemd_booted(),
+        &format!("/podnet/{id}"),
+    )
+    .map_err(|msg| bad("linux.cgroupsPath", msg))?;
+    linux.set_cgroups_path(Some(cgroup_path));
     let joins_pid = linux
         .namespaces()
         .as_ref()
         .is_some_and(|n| n.iter().any(|ns| ns.typ() == LinuxNamespaceType::Pid && ns.path().is_some()));
     spec.set_linux(Some(linux));
-    if joins_pid {
-        rewrite_v1_cgroup_mounts(&mut spec, &cgroup_path, &v1_hierarchies());
-    }
 
-    Ok(Prepared { spec, oom_score_adj, warnings })
+    Ok(Prepared { spec, oom_score_adj, warnings, driver, joins_pid })
 }
 
 /// Every mount propagation name of the OCI runtime spec, for `linux.rootfsPropagation` and for
@@ -215,13 +215,13 @@ fn check_mount_options(options: &[String]) -> std::result::Result<(), String> {
 /// the PID the init has in its own PID namespace. In a joined PID namespace (a pod sharing its
 /// PIDs) that number names another host process, or none, and the mount fails at random. For
 /// those containers the `cgroup` mount becomes what it amounts to: a tmpfs with the
-/// container's own cgroup of each v1 hierarchy bind-mounted in.
-fn rewrite_v1_cgroup_mounts(spec: &mut Spec, cgroup_path: &Path, hierarchies: &[PathBuf]) {
+/// container's own cgroup of each v1 hierarchy bind-mounted in. `cgroup_dir` is the
+/// container's cgroup directory (`cgroup::dir_of`).
+pub(crate) fn rewrite_v1_cgroup_mounts(spec: &mut Spec, cgroup_dir: &Path, hierarchies: &[PathBuf]) {
     let Some(mounts) = spec.mounts().clone() else { return };
     if hierarchies.is_empty() || !mounts.iter().any(|m| m.typ().as_deref() == Some("cgroup")) {
         return;
     }
-    let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
     let mut out = Vec::with_capacity(mounts.len() + hierarchies.len());
     for m in mounts {
         if m.typ().as_deref() != Some("cgroup") {
@@ -239,7 +239,7 @@ fn rewrite_v1_cgroup_mounts(spec: &mut Spec, cgroup_path: &Path, hierarchies: &[
                 options.push("ro");
             }
             let bind = serde_json::json!({"destination": m.destination().join(name), "type": "bind",
-                                          "source": h.join(rel), "options": options});
+                                          "source": cgroup::in_hierarchy(h, cgroup_dir), "options": options});
             out.extend(serde_json::from_value(bind).ok());
         }
     }
@@ -249,7 +249,7 @@ fn rewrite_v1_cgroup_mounts(spec: &mut Spec, cgroup_path: &Path, hierarchies: &[
 /// Mount points of the host's cgroup v1 controller hierarchies under /sys/fs/cgroup (none on
 /// a pure v2 host). Named hierarchies (name=systemd) are left out: no container cgroup is
 /// made in them.
-fn v1_hierarchies() -> Vec<PathBuf> {
+pub(crate) fn v1_hierarchies() -> Vec<PathBuf> {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
     info.lines()
         .filter_map(|l| {
@@ -392,29 +392,42 @@ mod tests {
         fs::create_dir_all(dir.join("rootfs")).unwrap();
         let file = dir.join("config.json");
         let ok = parse(&file, minimal("").as_bytes()).unwrap();
-        let p = prepare(ok.clone(), &dir, &file, "/podnet/x").unwrap();
+        let p = prepare(ok.clone(), &dir, &file, "x", None).unwrap();
         assert_eq!(p.spec.root().as_ref().unwrap().path(), &dir.join("rootfs"));
         assert_eq!(p.spec.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("/podnet/x")));
 
-        let e = prepare(ok.clone(), Path::new("/nonexistent-bundle"), &file, "/x").unwrap_err().to_string();
+        let e = prepare(ok.clone(), Path::new("/nonexistent-bundle"), &file, "x", None).unwrap_err().to_string();
         assert!(e.contains("root.path: /nonexistent-bundle/rootfs: No such file"), "{e}");
 
         let bad_ns = minimal("").replace(r#"{"type":"pid"}"#, r#"{"type":"network","path":"/proc/self/ns/nope"}"#);
-        let e = prepare(parse(&file, bad_ns.as_bytes()).unwrap(), &dir, &file, "/x").unwrap_err().to_string();
+        let e = prepare(parse(&file, bad_ns.as_bytes()).unwrap(), &dir, &file, "x", None).unwrap_err().to_string();
         assert!(e.contains("linux.namespaces[0].path: /proc/self/ns/nope"), "{e}");
 
         let wrong_kind = minimal("").replace(r#"{"type":"pid"}"#, r#"{"type":"network","path":"/proc/self/ns/uts"}"#);
-        let e = prepare(parse(&file, wrong_kind.as_bytes()).unwrap(), &dir, &file, "/x").unwrap_err().to_string();
+        let e = prepare(parse(&file, wrong_kind.as_bytes()).unwrap(), &dir, &file, "x", None).unwrap_err().to_string();
         assert!(e.contains("is a uts namespace, not network"), "{e}");
 
         let no_args = minimal("").replace(r#"["/bin/true"]"#, "[]");
-        let e = prepare(parse(&file, no_args.as_bytes()).unwrap(), &dir, &file, "/x").unwrap_err().to_string();
+        let e = prepare(parse(&file, no_args.as_bytes()).unwrap(), &dir, &file, "x", None).unwrap_err().to_string();
         assert!(e.contains("process.args: empty"), "{e}");
 
         let systemd =
             minimal(r#","x":1"#).replace(r#""namespaces""#, r#""cgroupsPath":"system.slice:cri:abc","namespaces""#);
-        let e = prepare(parse(&file, systemd.as_bytes()).unwrap(), &dir, &file, "/x").unwrap_err().to_string();
-        assert!(e.contains("systemd"), "{e}");
+        // The systemd form: on cgroupfs where systemd is not asked for (and not running, or
+        // not wanted), taken as runc's cgroupfs driver takes it.
+        let p = prepare(parse(&file, systemd.as_bytes()).unwrap(), &dir, &file, "x", Some(false)).unwrap();
+        assert_eq!(p.driver, Driver::Cgroupfs);
+        assert_eq!(p.spec.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("system.slice:cri:abc")));
+        let bad = systemd.replace("system.slice:cri:abc", "/abs/path");
+        if cgroup::systemd_booted() {
+            let e =
+                prepare(parse(&file, bad.as_bytes()).unwrap(), &dir, &file, "x", Some(true)).unwrap_err().to_string();
+            assert!(e.contains("linux.cgroupsPath") && e.contains("slice:prefix:name"), "{e}");
+        } else {
+            let e =
+                prepare(parse(&file, bad.as_bytes()).unwrap(), &dir, &file, "x", Some(true)).unwrap_err().to_string();
+            assert!(e.contains("linux.cgroupsPath") && e.contains("systemd is not running"), "{e}");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -441,16 +454,17 @@ mod tests {
             spec
         };
         for p in PROPAGATIONS {
-            prepare(with_root(p), &dir, &file, "/x").unwrap_or_else(|e| panic!("{p}: {e}"));
+            prepare(with_root(p), &dir, &file, "x", None).unwrap_or_else(|e| panic!("{p}: {e}"));
         }
         let bad = with_root("rsharde");
-        let e = prepare(bad, &dir, &file, "/x").unwrap_err().to_string();
+        let e = prepare(bad, &dir, &file, "x", None).unwrap_err().to_string();
         assert!(e.contains("linux.rootfsPropagation: \"rsharde\" is not a propagation type"), "{e}");
         let e = prepare(
             with(r#","mounts":[{"destination":"/m","type":"bind","source":"/tmp","options":["rbind","rro","rw"]}]"#),
             &dir,
             &file,
-            "/x",
+            "x",
+            None,
         )
         .unwrap_err()
         .to_string();
@@ -475,7 +489,7 @@ mod tests {
         fs::create_dir_all(dir.join("rootfs")).unwrap();
         let file = dir.join("config.json");
         let json = minimal("").replace(r#""cwd":"/""#, r#""cwd":"/","oomScoreAdj":500,"apparmorProfile":"x""#);
-        let p = prepare(parse(&file, json.as_bytes()).unwrap(), &dir, &file, "/x").unwrap();
+        let p = prepare(parse(&file, json.as_bytes()).unwrap(), &dir, &file, "x", None).unwrap();
         assert_eq!(p.oom_score_adj, Some(500));
         assert!(p.spec.process().as_ref().unwrap().oom_score_adj().is_none());
         if !apparmor_enabled() {

@@ -92,6 +92,11 @@ pub struct Config {
     pub netns_dir: PathBuf,
     /// The pod's interface name.
     pub ifname: String,
+    /// The cgroup driver, as runc's `SystemdCgroup`: `true` runs every container in a systemd
+    /// scope (`linux.cgroupsPath` in the `slice:prefix:name` form; an error if systemd does not
+    /// run the host), `false` takes every path as a cgroupfs path. Unset: systemd for paths in
+    /// the systemd form where systemd runs the host, cgroupfs otherwise.
+    pub systemd_cgroup: Option<bool>,
 }
 
 impl Default for Config {
@@ -101,6 +106,7 @@ impl Default for Config {
             state_dir: DEFAULT_STATE_DIR.into(),
             netns_dir: DEFAULT_NETNS_DIR.into(),
             ifname: "eth0".into(),
+            systemd_cgroup: None,
         }
     }
 }
@@ -227,6 +233,10 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         let e = Config::parse("conf_dri = \"/x\"\n", "t.toml").unwrap_err();
         assert!(e.contains("conf_dri") && e.starts_with("t.toml"), "{e}");
+        assert_eq!(c.systemd_cgroup, None);
+        assert_eq!(Config::parse("systemd_cgroup = true\n", "t").unwrap().systemd_cgroup, Some(true));
+        let e = Config::parse("systemd_cgroup = \"yes\"\n", "t.toml").unwrap_err();
+        assert!(e.contains("bool"), "{e}");
         let e = Config::parse("state_dir = 3\n", "t.toml").unwrap_err();
         assert!(e.contains("state_dir") || e.contains("string"), "{e}");
     }

@@ -4,6 +4,8 @@ use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use podnet_runtime::cgroup::in_hierarchy;
+
 pub struct OomWatch {
     fd: OwnedFd,
     /// v2: memory.events and the last oom_kill count seen.
@@ -19,10 +21,9 @@ fn oom_kills(events: &Path) -> u64 {
 }
 
 impl OomWatch {
-    /// Watches the cgroup at `cgroup_path` (relative to the hierarchy roots).
-    pub fn new(cgroup_path: &Path) -> Result<OomWatch, String> {
-        let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
-        let v1 = Path::new("/sys/fs/cgroup/memory").join(rel);
+    /// Watches the cgroup directory `cgroup_dir` (`Container::cgroup_dir`).
+    pub fn new(cgroup_dir: &Path) -> Result<OomWatch, String> {
+        let v1 = in_hierarchy(Path::new("/sys/fs/cgroup/memory"), cgroup_dir);
         if v1.join("memory.oom_control").exists() {
             let control =
                 fs::File::open(v1.join("memory.oom_control")).map_err(|e| format!("{}: {e}", v1.display()))?;
@@ -37,7 +38,7 @@ impl OomWatch {
                 .map_err(|e| format!("{}: {e}", v1.join("cgroup.event_control").display()))?;
             return Ok(OomWatch { fd, v2: None, _control: Some(control) });
         }
-        let events = Path::new("/sys/fs/cgroup").join(rel).join("memory.events");
+        let events = in_hierarchy(Path::new("/sys/fs/cgroup"), cgroup_dir).join("memory.events");
         if events.exists() {
             // SAFETY: no preconditions.
             let ifd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
@@ -54,7 +55,7 @@ impl OomWatch {
             let seen = oom_kills(&events);
             return Ok(OomWatch { fd, v2: Some((events, seen)), _control: None });
         }
-        Err(format!("no memory cgroup for {}", cgroup_path.display()))
+        Err(format!("no memory cgroup for {}", cgroup_dir.display()))
     }
 
     pub fn fd(&self) -> i32 {

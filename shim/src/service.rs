@@ -555,6 +555,7 @@ impl Shim {
             sandbox: join,
             netns: record.network.as_ref().map(|n| n.netns.clone()),
             embedded_pause,
+            systemd_cgroup: cfg.systemd_cgroup,
         };
         let created = match &self.runtime {
             Some((_, rt)) => rt.create(&id, &bundle, opts).map_err(rpc),
@@ -572,7 +573,7 @@ impl Shim {
         for w in container.warnings() {
             tracing::warn!(id = %id, "{w}");
         }
-        let oom = match OomWatch::new(container.cgroup_path()) {
+        let oom = match OomWatch::new(container.cgroup_dir()) {
             Ok(o) => Some(o),
             Err(e) => {
                 tracing::warn!(id = %id, "no OOM notifications: {e}");
