@@ -192,18 +192,19 @@ pub fn default_bin_dir() -> PathBuf {
     }
 }
 
+/// The version of the containerd binary in `bin_dir` (`containerd --version`, without a
+/// leading `v`: "2.1.9+unknown", "1.7.24~ds1"); None when it cannot be told.
+pub fn containerd_version(bin_dir: &Path) -> Option<String> {
+    let out = Command::new(bin_dir.join("containerd")).arg("--version").output().ok()?;
+    // "containerd github.com/containerd/containerd/v2 2.1.9+unknown" or "... v1.7.24 <rev>".
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace().nth(2).map(|v| v.trim_start_matches('v').to_string())
+}
+
 /// The major version of the containerd binary in `bin_dir` (`containerd --version`); 2 when
 /// it cannot be told.
 pub fn containerd_major(bin_dir: &Path) -> u32 {
-    let out = Command::new(bin_dir.join("containerd")).arg("--version").output();
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    // "containerd github.com/containerd/containerd/v2 2.1.9+unknown" or "... v1.7.24 <rev>".
-    text.split_whitespace()
-        .nth(2)
-        .map(|v| v.trim_start_matches('v'))
-        .and_then(|v| v.split('.').next())
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(2)
+    containerd_version(bin_dir).and_then(|v| v.split('.').next().and_then(|m| m.parse().ok())).unwrap_or(2)
 }
 
 /// A containerd daemon running inside a test's node namespace; see the module documentation.
