@@ -21,6 +21,11 @@
 //! n.finish();
 //! ```
 //!
+//! Every scenario of the CRI tests runs against both containerds hack/setup unpacks, as one
+//! test per [`Flavour`] ([`on_each_containerd!`](crate::on_each_containerd)): containerd 2.x
+//! (config version 3, the podnet conflist at CNI 1.1.0) and containerd 1.7 (config version 2,
+//! CNI 1.0.0, the newest its libcni knows).
+//!
 //! containerd runs inside the node namespace (so its stream server on 127.0.0.1 and every
 //! pod network are private to the node); the CRI socket is a file, reachable from anywhere.
 //! Everything lives under the node's scratch directory (`/tmp/pncri<pid>x<n>/`) or
@@ -50,9 +55,9 @@ use sha2::{Digest, Sha256};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::containerd::{
-    alive, busybox_archive, busybox_image, containerd_major, default_bin_dir, layer_tar, mounts_under, oci_arch,
-    output_with_timeout, processes_with_args, Containerd, ContainerdOptions, BUSYBOX_REF, DEFAULT_DISABLED_PLUGINS,
-    DEFAULT_DISABLED_PLUGINS_1_7,
+    alive, busybox_archive, busybox_image, containerd_major, containerd_version, default_bin_dir, layer_tar,
+    mounts_under, oci_arch, output_with_timeout, processes_with_args, Containerd, ContainerdOptions, BUSYBOX_REF,
+    DEFAULT_DISABLED_PLUGINS, DEFAULT_DISABLED_PLUGINS_1_7,
 };
 use crate::leaks::{self, Snapshot};
 use crate::{podnet_veths, reservations, retry, tagged_rules, unique, Ns, TempDir};
@@ -86,6 +91,12 @@ pub const SHIM_SOCKET_DIR: &str = "/run/podnet/s";
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long [`CriNode::assert_clean`] waits for podnet shims to exit.
 const SHIM_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`CriNode::assert_clean`] waits for containerd's cleanup after a dead shim (the
+/// shim's `delete`, then the bundle's removal), which containerd 1.7 runs in the background:
+/// its RemovePodSandbox returns before it ends.
+const BUNDLE_CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Where hack/setup unpacks Debian's containerd 1.7 (`hack/install-containerd`).
+pub const CONTAINERD_1_7_DIR: &str = "/opt/podnet/containerd-1.7";
 /// Deadline of the best-effort calls of the cleanup after a failed test.
 const CLEANUP_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -520,6 +531,75 @@ impl ContainerConfigExt for cri::ContainerConfig {
 // ---------------------------------------------------------------------------------------------
 // The node.
 
+/// The containerd a CRI test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// containerd 2.x from [`default_bin_dir`] (PODNET_CONTAINERD_DIR, else hack/setup's
+    /// /opt/podnet/containerd-2): config version 3, the podnet conflist at CNI 1.1.0.
+    Containerd2,
+    /// containerd 1.7 from [`CONTAINERD_1_7_DIR`]: config version 2 (`sandbox_image`, the
+    /// runtimes under `plugins.'io.containerd.grpc.v1.cri'.containerd`), the podnet conflist at
+    /// CNI 1.0.0 (1.7's libcni, containernetworking/cni v1.1.2, supports no later version).
+    Containerd17,
+}
+
+impl Flavour {
+    /// The directory of its binaries.
+    pub fn bin_dir(self) -> PathBuf {
+        match self {
+            Flavour::Containerd2 => default_bin_dir(),
+            Flavour::Containerd17 => Path::new(CONTAINERD_1_7_DIR).join("usr/bin"),
+        }
+    }
+
+    pub fn is_1_7(self) -> bool {
+        self == Flavour::Containerd17
+    }
+
+    /// Panics unless the binary in [`Flavour::bin_dir`] is this flavour's containerd.
+    fn check(self, bin_dir: &Path) {
+        let bin = bin_dir.join("containerd");
+        let setup = match self {
+            Flavour::Containerd2 => "hack/setup unpacks Debian's containerd 2.x under /opt/podnet/containerd-2",
+            Flavour::Containerd17 => "hack/setup unpacks Debian's containerd 1.7 under /opt/podnet/containerd-1.7",
+        };
+        assert!(bin.exists(), "{} is missing: {setup} (hack/install-containerd)", bin.display());
+        let version = containerd_version(bin_dir).unwrap_or_default();
+        let ok = match self {
+            Flavour::Containerd2 => containerd_major(bin_dir) >= 2,
+            Flavour::Containerd17 => version.starts_with("1.7."),
+        };
+        assert!(ok, "{} is containerd {version:?}, not the {self:?} these tests run ({setup})", bin.display());
+    }
+}
+
+/// One `#[test]` per [`Flavour`] for each scenario named, a `fn(Flavour)` of the calling
+/// module: `containerd_2::<scenario>` and `containerd_1_7::<scenario>`, both ignored as
+/// needing root, so that a failure names the containerd it failed on.
+#[macro_export]
+macro_rules! on_each_containerd {
+    ($($scenario:ident),+ $(,)?) => {
+        mod containerd_2 {
+            $(
+                #[test]
+                #[ignore = "needs root"]
+                fn $scenario() {
+                    super::$scenario($crate::cri::Flavour::Containerd2)
+                }
+            )+
+        }
+        mod containerd_1_7 {
+            $(
+                #[test]
+                #[ignore = "needs root"]
+                fn $scenario() {
+                    super::$scenario($crate::cri::Flavour::Containerd17)
+                }
+            )+
+        }
+    };
+}
+
 /// How to build a [`CriNode`].
 #[derive(Debug, Clone, Default)]
 pub struct CriNodeOptions {
@@ -533,6 +613,8 @@ pub struct CriNodeOptions {
     pub bin_dir: Option<PathBuf>,
     /// Keys set in the podnet conflist's plugin object (JSON pointer below the plugin, value).
     pub podnet_patch: Vec<(String, serde_json::Value)>,
+    /// The containerd to run (its binaries, checked to be that version); None: `bin_dir`.
+    pub flavour: Option<Flavour>,
 }
 
 impl CriNodeOptions {
@@ -549,6 +631,13 @@ impl CriNodeOptions {
     pub fn containerd_dir(mut self, dir: &Path) -> Self {
         let bin = if dir.join("containerd").exists() { dir.to_path_buf() } else { dir.join("usr/bin") };
         self.bin_dir = Some(bin);
+        self.flavour = None;
+        self
+    }
+    /// Runs `flavour`'s containerd ([`Flavour::bin_dir`]), failing unless it is that version.
+    pub fn flavour(mut self, flavour: Flavour) -> Self {
+        self.bin_dir = Some(flavour.bin_dir());
+        self.flavour = Some(flavour);
         self
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
@@ -585,6 +674,11 @@ impl CriNode {
         CriNode::with(prefix, CriNodeOptions::default())
     }
 
+    /// A node with the defaults running `flavour`'s containerd.
+    pub fn on(flavour: Flavour, prefix: &str) -> CriNode {
+        CriNode::with(prefix, CriNodeOptions::default().flavour(flavour))
+    }
+
     pub fn with(prefix: &str, opts: CriNodeOptions) -> CriNode {
         crate::require_root();
         let serial = leaks::serial();
@@ -597,6 +691,9 @@ impl CriNode {
         fs::create_dir_all(&dir.0).expect("create node dir");
         fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o711)).expect("chmod node dir");
         let bin_dir = opts.bin_dir.clone().unwrap_or_else(default_bin_dir);
+        if let Some(f) = opts.flavour {
+            f.check(&bin_dir);
+        }
         let v1 = containerd_major(&bin_dir) < 2;
         let mut me = CriNode {
             client: None,
@@ -953,6 +1050,15 @@ impl CriNode {
         v
     }
 
+    /// containerd's task bundles (`<state>/io.containerd.runtime.v2.task/k8s.io/<id>`) of the
+    /// pods and containers this node created that are still there.
+    pub fn task_bundles_left(&self) -> Vec<PathBuf> {
+        let dir = self.c().state_dir().join("io.containerd.runtime.v2.task").join(K8S_NAMESPACE);
+        let mut ids = self.client().pods_seen();
+        ids.extend(self.client().containers_seen());
+        ids.into_iter().map(|id| dir.join(id)).filter(|p| fs::symlink_metadata(p).is_ok()).collect()
+    }
+
     /// Files named `cni-*` (CRI's pod netns files) under containerd's directory.
     pub fn netns_files(&self) -> Vec<PathBuf> {
         let mut v = Vec::new();
@@ -977,7 +1083,9 @@ impl CriNode {
     /// per-pod iptables rule of the reference plugins, no `cni-*` netns file under
     /// containerd's directory nor a netns seen earlier, no mount under the node's or
     /// containerd's directory, no podnet shim (waited for up to 5 s) nor its socket, no
-    /// cgroup named after a pod or container.
+    /// cgroup named after a pod or container, no task bundle of theirs under containerd's
+    /// state (waited for up to 15 s: after a shim died, containerd 1.7 runs the shim's `delete`
+    /// and removes the bundle in the background, and its RemovePodSandbox does not wait).
     pub fn assert_clean(&self) {
         let c = self.c();
         let pods = self.client().list_pod_sandbox().expect("ListPodSandbox");
@@ -991,6 +1099,15 @@ impl CriNode {
             gone,
             "podnet shim(s) {:?} still running {SHIM_EXIT_TIMEOUT:?} after the last pod went\n{}",
             self.shim_pids(),
+            c.log_tail(40)
+        );
+        let bundles_gone = retry((BUNDLE_CLEANUP_TIMEOUT.as_millis() / 20) as u32, Duration::from_millis(20), || {
+            self.task_bundles_left().is_empty()
+        });
+        assert!(
+            bundles_gone,
+            "task bundles still there {BUNDLE_CLEANUP_TIMEOUT:?} after the last pod went: {:?}\n{}",
+            self.task_bundles_left(),
             c.log_tail(40)
         );
         assert_eq!(self.veths(), Vec::<String>::new(), "veths left in the node namespace");
