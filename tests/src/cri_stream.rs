@@ -4,7 +4,10 @@
 //! containerd 2.1 serves the kubelet streaming protocols, vendored from
 //! `k8s.io/kubelet/pkg/cri/streaming` (v0.32): `remotecommand/websocket.go` for exec/attach and
 //! `portforward/websocket.go` for port-forward, on top of
-//! `k8s.io/apimachinery/pkg/util/httpstream/wsstream/conn.go`. What this client relies on:
+//! `k8s.io/apimachinery/pkg/util/httpstream/wsstream/conn.go`. containerd 1.7 (1.7.24) serves
+//! its own copy of the same code (`pkg/cri/streaming/{remotecommand,portforward}/websocket.go`,
+//! `pkg/cri/streaming/internal/wsstream`), with the same subprotocols (v4 at most, no v5;
+//! the CRI tests run against both). What this client relies on:
 //!
 //! - The URL (`http://127.0.0.1:<port>/{exec,attach,portforward}/<token>`) is the whole request:
 //!   the token maps to the cached CRI request (command, stdin/stdout/stderr/tty flags, ports).

@@ -1,5 +1,6 @@
 //! The same pod and container configs under the `runc` handler and the `podnet` handler, through
-//! a real containerd 2.x's CRI (root): an ExecSync'd process is confined exactly as the
+//! a real containerd's CRI (root; 2.x and 1.7, as `containerd_2::<scenario>` and
+//! `containerd_1_7::<scenario>`): an ExecSync'd process is confined exactly as the
 //! container's init (seccomp RuntimeDefault, a Localhost profile, Unconfined; capabilities,
 //! NoNewPrivs), and hostPath volumes propagate mounts as their CRI propagation says
 //! (Bidirectional both ways, HostToContainer inward only, Private neither), for both handlers
@@ -8,8 +9,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use podnet_tests::confinement::{confinement, field, probe, refusing_profile};
-use podnet_tests::cri::{container_config, v1 as cri, CriClient, CriNode, HANDLER_PODNET, HANDLER_RUNC};
+use podnet_tests::cri::{container_config, v1 as cri, CriClient, CriNode, Flavour, HANDLER_PODNET, HANDLER_RUNC};
 use podnet_tests::mounts::{tmpfs, SharedTmpfs};
+use podnet_tests::on_each_containerd;
+
+on_each_containerd!(
+    an_exec_is_confined_as_the_init_under_both_handlers,
+    volumes_propagate_mounts_as_cri_asks_under_both_handlers,
+);
 
 const HANDLERS: [&str; 2] = [HANDLER_RUNC, HANDLER_PODNET];
 
@@ -41,11 +48,9 @@ fn profile(kind: cri::security_profile::ProfileType, localhost_ref: &Path) -> cr
     cri::SecurityProfile { profile_type: kind as i32, localhost_ref }
 }
 
-#[test]
-#[ignore = "needs root"]
-fn an_exec_is_confined_as_the_init_under_both_handlers() {
+fn an_exec_is_confined_as_the_init_under_both_handlers(f: Flavour) {
     use cri::security_profile::ProfileType;
-    let n = CriNode::new("confine");
+    let n = CriNode::on(f, "confine");
     let localhost = n.dir().join("refuse-hostname-chmod.json");
     std::fs::write(&localhost, refusing_profile().to_string()).expect("write the Localhost profile");
     // (handler, profile) -> (the init's confinement, the probe's answers)
@@ -138,11 +143,9 @@ fn crossings(n: &CriNode, id: &str, volumes: &[(&str, PathBuf)]) -> Vec<Crossed>
         .collect()
 }
 
-#[test]
-#[ignore = "needs root"]
-fn volumes_propagate_mounts_as_cri_asks_under_both_handlers() {
+fn volumes_propagate_mounts_as_cri_asks_under_both_handlers(f: Flavour) {
     use cri::MountPropagation::{PropagationBidirectional, PropagationHostToContainer, PropagationPrivate};
-    let n = CriNode::new("propagate");
+    let n = CriNode::on(f, "propagate");
     // Bidirectional needs a shared host mount, HostToContainer a shared or slave one
     // (containerd checks): one shared tmpfs holds every source.
     let shared = SharedTmpfs::new(&n.dir().join("vols"));

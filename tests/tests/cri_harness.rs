@@ -2,21 +2,24 @@
 //! through CRI, for the `runc` handler (reference CNI plugins, 10.88.0.0/16) and the `podnet`
 //! handler (the podnet shim and CNI plugin, 10.89.0.0/16): RunPodSandbox, CreateContainer,
 //! StartContainer, the pod IP from PodSandboxStatus, ExecSync, Stop/Remove, and
-//! [`CriNode::finish`]'s clean check. Set PODNET_CONTAINERD_DIR=/opt/podnet/containerd-1.7 for
-//! containerd 1.7.
+//! [`CriNode::finish`]'s clean check; on containerd 2.x and 1.7 (`containerd_2::<scenario>`,
+//! `containerd_1_7::<scenario>`).
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use podnet_tests::cri::{container_config, v1 as cri, CriNode, HANDLER_PODNET, HANDLER_RUNC};
+use podnet_tests::cri::{container_config, v1 as cri, CriNode, Flavour, HANDLER_PODNET, HANDLER_RUNC};
+use podnet_tests::on_each_containerd;
+
+on_each_containerd!(runc_handler_pod, podnet_handler_pod);
 
 fn in_subnet(ip: &str, prefix: [u8; 2]) -> bool {
     // In <prefix>.0.0/16, not the network address nor the gateway (.0.1).
     ip.parse::<Ipv4Addr>().is_ok_and(|a| a.octets()[..2] == prefix && !matches!(a.octets()[2..], [0, 0] | [0, 1]))
 }
 
-fn one_pod(handler: &str, prefix: [u8; 2]) {
+fn one_pod(f: Flavour, handler: &str, prefix: [u8; 2]) {
     let t0 = Instant::now();
-    let n = CriNode::new(handler);
+    let n = CriNode::on(f, handler);
     eprintln!("node up: {:?}", t0.elapsed());
     let v = n.client().version().expect("Version");
     eprintln!("runtime {} {} (CRI {})", v.runtime_name, v.runtime_version, v.runtime_api_version);
@@ -65,14 +68,10 @@ fn one_pod(handler: &str, prefix: [u8; 2]) {
     n.finish();
 }
 
-#[test]
-#[ignore = "needs root"]
-fn runc_handler_pod() {
-    one_pod(HANDLER_RUNC, [10, 88]);
+fn runc_handler_pod(f: Flavour) {
+    one_pod(f, HANDLER_RUNC, [10, 88]);
 }
 
-#[test]
-#[ignore = "needs root"]
-fn podnet_handler_pod() {
-    one_pod(HANDLER_PODNET, [10, 89]);
+fn podnet_handler_pod(f: Flavour) {
+    one_pod(f, HANDLER_PODNET, [10, 89]);
 }

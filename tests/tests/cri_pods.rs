@@ -1,18 +1,32 @@
-//! Pods through containerd's CRI with the `podnet` runtime handler (root; a real containerd
-//! 2.x in a node network namespace, see `podnet_tests::cri`): what CRI expects of a runtime,
-//! and that nothing of a pod is left once it is removed. Every test ends with
-//! [`CriNode::finish`], which checks for veths, IP reservations, nft rules, netns, mounts,
-//! cgroups and shim processes.
+//! Pods through containerd's CRI with the `podnet` runtime handler (root; a real containerd in
+//! a node network namespace, see `podnet_tests::cri`): what CRI expects of a runtime, and that
+//! nothing of a pod is left once it is removed. Every scenario runs on containerd 2.x and on
+//! containerd 1.7, as `containerd_2::<scenario>` and `containerd_1_7::<scenario>`, and ends
+//! with [`CriNode::finish`], which checks for veths, IP reservations, nft rules, netns, mounts,
+//! cgroups, task bundles and shim processes.
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use podnet_tests::cri::{
-    container_config, node_output, v1 as cri, wait_container_state, CriClient, CriNode, CriNodeOptions, PodConfigExt,
-    HANDLER_PODNET, HANDLER_RUNC,
+    container_config, node_output, v1 as cri, wait_container_state, CriClient, CriNode, CriNodeOptions, Flavour,
+    PodConfigExt, HANDLER_PODNET, HANDLER_RUNC,
 };
-use podnet_tests::retry;
+use podnet_tests::{on_each_containerd, retry};
+
+on_each_containerd!(
+    a_two_container_pod_and_its_neighbour,
+    twenty_pods_at_once,
+    runc_and_podnet_handlers_side_by_side,
+    a_killed_shim_still_lets_the_pod_go,
+    a_broken_conflist_fails_run_pod_sandbox_with_the_cni_error,
+    a_host_network_pod_is_left_alone,
+    share_process_namespace,
+    stop_with_grace_and_restart_in_the_same_pod,
+    dual_stack_pod,
+    cni_gc_reaches_the_pods_shim,
+);
 
 const T: Duration = Duration::from_secs(10);
 
@@ -48,10 +62,8 @@ fn log_file(pod_cfg: &cri::PodSandboxConfig, name: &str) -> PathBuf {
 /// The IP in a pod, the same IP for its two containers, pod to pod, hostPort from the node's
 /// address and 127.0.0.1, ExecSync, CRI-format logs, DNS config and hostname; one shim for the
 /// pod, gone after RemovePodSandbox; nothing left.
-#[test]
-#[ignore = "needs root"]
-fn a_two_container_pod_and_its_neighbour() {
-    let n = CriNode::new("pods");
+fn a_two_container_pod_and_its_neighbour(f: Flavour) {
+    let n = CriNode::on(f, "pods");
     let a_cfg = n.pod_config("web").port(80, 8080, "");
     let a = run_pod(&n, &a_cfg);
     let ip = n.pod_ip(&a);
@@ -135,10 +147,8 @@ fn a_two_container_pod_and_its_neighbour() {
 }
 
 /// 20 pods created and removed concurrently: every IP unique, nothing leaked.
-#[test]
-#[ignore = "needs root"]
-fn twenty_pods_at_once() {
-    let n = CriNode::new("many");
+fn twenty_pods_at_once(f: Flavour) {
+    let n = CriNode::on(f, "many");
     let socket = n.c().address().to_path_buf();
     let results: Vec<(String, String, String)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..20)
@@ -183,10 +193,8 @@ fn twenty_pods_at_once() {
 
 /// The `runc` handler (runc shim, reference CNI plugins) and the `podnet` handler side by side
 /// on one containerd, each on its own network; a podnet pod reaches a runc pod through the node.
-#[test]
-#[ignore = "needs root"]
-fn runc_and_podnet_handlers_side_by_side() {
-    let n = CriNode::new("side");
+fn runc_and_podnet_handlers_side_by_side(f: Flavour) {
+    let n = CriNode::on(f, "side");
     let r_cfg = n.pod_config("r").port(80, 8081, "");
     let r = n.client().run_pod_sandbox(&r_cfg, HANDLER_RUNC).unwrap_or_else(|e| panic!("RunPodSandbox runc: {e}"));
     let r_web = n.start_container(&r, &r_cfg, web("rweb", "from-runc"));
@@ -214,10 +222,14 @@ fn runc_and_podnet_handlers_side_by_side() {
 
 /// SIGKILL of a pod's shim midway: StopPodSandbox and RemovePodSandbox still succeed and
 /// release everything (the CNI plugin runs DEL itself from the attachment record).
-#[test]
-#[ignore = "needs root"]
-fn a_killed_shim_still_lets_the_pod_go() {
-    let n = CriNode::new("kill");
+///
+/// containerd 1.7's CRI takes a failed task wait (`ttrpc: closed`) as the sandbox's exit with
+/// status 255 (`startSandboxExitMonitor`, pkg/cri/server/events.go), so its Stop and
+/// RemovePodSandbox succeed while containerd still runs the shim's `delete` and removes the
+/// bundle, unmounting its rootfs (`cleanupAfterDeadShim`, runtime/v2/shim.go): the node's
+/// [`CriNode::finish`] waits for the bundles to go before it looks for mounts.
+fn a_killed_shim_still_lets_the_pod_go(f: Flavour) {
+    let n = CriNode::on(f, "kill");
     let cfg = n.pod_config("victim").port(80, 8083, "");
     let pod = run_pod(&n, &cfg);
     let ctr = n.start_container(&pod, &cfg, container_config("c", &["sleep", "3600"]));
@@ -256,12 +268,10 @@ fn a_killed_shim_still_lets_the_pod_go() {
 
 /// A conflist CRI loads but the plugin refuses: RunPodSandbox fails with the CNI error's text,
 /// and nothing is left (no shim, netns, reservation or veth).
-#[test]
-#[ignore = "needs root"]
-fn a_broken_conflist_fails_run_pod_sandbox_with_the_cni_error() {
+fn a_broken_conflist_fails_run_pod_sandbox_with_the_cni_error(f: Flavour) {
     let n = CriNode::with(
         "broken",
-        CriNodeOptions::default().podnet_patch("/ipam/ranges/0/0/subnet", "10.89.0.0/33".into()),
+        CriNodeOptions::default().flavour(f).podnet_patch("/ipam/ranges/0/0/subnet", "10.89.0.0/33".into()),
     );
     let cfg = n.pod_config("bad");
     let e = n.client().run_pod_sandbox(&cfg, HANDLER_PODNET).expect_err("RunPodSandbox with a broken conflist");
@@ -272,10 +282,8 @@ fn a_broken_conflist_fails_run_pod_sandbox_with_the_cni_error() {
 }
 
 /// hostNetwork: no CNI call, no network of the shim's; the container is in the node's netns.
-#[test]
-#[ignore = "needs root"]
-fn a_host_network_pod_is_left_alone() {
-    let n = CriNode::new("hostnet");
+fn a_host_network_pod_is_left_alone(f: Flavour) {
+    let n = CriNode::on(f, "hostnet");
     let cfg = n.pod_config("hn").host_network();
     let pod = run_pod(&n, &cfg);
     let ctr = n.start_container(&pod, &cfg, container_config("c", &["sleep", "3600"]));
@@ -290,10 +298,8 @@ fn a_host_network_pod_is_left_alone() {
 }
 
 /// shareProcessNamespace: the containers see each other's processes, with the pause as pid 1.
-#[test]
-#[ignore = "needs root"]
-fn share_process_namespace() {
-    let n = CriNode::new("pidns");
+fn share_process_namespace(f: Flavour) {
+    let n = CriNode::on(f, "pidns");
     let cfg = n.pod_config("shared").share_pid();
     let pod = run_pod(&n, &cfg);
     let _a = n.start_container(&pod, &cfg, container_config("a", &["sleep", "3601"]));
@@ -309,10 +315,8 @@ fn share_process_namespace() {
 /// StopContainer: a container that ends on SIGTERM stops with its own status; one that ignores
 /// it is killed after the grace period. A container restarted in the same pod (attempt 1) runs
 /// with the pod's IP.
-#[test]
-#[ignore = "needs root"]
-fn stop_with_grace_and_restart_in_the_same_pod() {
-    let n = CriNode::new("grace");
+fn stop_with_grace_and_restart_in_the_same_pod(f: Flavour) {
+    let n = CriNode::on(f, "grace");
     let cfg = n.pod_config("g");
     let pod = run_pod(&n, &cfg);
     let ip = n.pod_ip(&pod);
@@ -367,10 +371,8 @@ fn stop_with_grace_and_restart_in_the_same_pod() {
 }
 
 /// Dual-stack: PodSandboxStatus reports an IPv4 and an IPv6 address, both on the pod's eth0.
-#[test]
-#[ignore = "needs root"]
-fn dual_stack_pod() {
-    let n = CriNode::with("ds", CriNodeOptions::default().dual_stack());
+fn dual_stack_pod(f: Flavour) {
+    let n = CriNode::with("ds", CriNodeOptions::default().flavour(f).dual_stack());
     let cfg = n.pod_config("ds");
     let pod = run_pod(&n, &cfg);
     let ctr = n.start_container(&pod, &cfg, container_config("c", &["sleep", "3600"]));
@@ -386,54 +388,45 @@ fn dual_stack_pod() {
     n.finish();
 }
 
-/// CNI GC with an empty valid list, as containerd's GC would send it once the pod is gone from
-/// its view: the pod's shim releases the attachment, and the pod still stops and goes cleanly.
-#[test]
-#[ignore = "needs root"]
-fn cni_gc_reaches_the_pods_shim() {
-    let n = CriNode::new("gc");
+/// CNI GC with an empty valid list, as a CNI 1.1 runtime sends it once the pod is gone from its
+/// view: the pod's shim releases the attachment, and the pod still stops and goes cleanly.
+/// Neither containerd's CRI sends GC itself (2.1.9 vendors go-cni v1.1.12, which has no GC call;
+/// 1.7.24 vendors containernetworking/cni v1.1.2, whose libcni has no GCNetworkList and whose
+/// `version.All` ends at 1.0.0), so the test sends it as such a runtime would.
+///
+/// On containerd 1.7 the node's conflist is CNI 1.0.0, a version without GC: the plugin refuses
+/// a GC of it and changes nothing. The same network at 1.1.0 then reaches the shim containerd
+/// 1.7 started, and 1.7's StopPodSandbox DEL (at 1.0.0) finds nothing to fail on afterwards.
+fn cni_gc_reaches_the_pods_shim(f: Flavour) {
+    let n = CriNode::on(f, "gc");
     let cfg = n.pod_config("gc");
     let pod = run_pod(&n, &cfg);
-    let _ctr = n.start_container(&pod, &cfg, container_config("c", &["sleep", "3600"]));
+    let ctr = n.start_container(&pod, &cfg, container_config("c", &["sleep", "3600"]));
     assert_eq!(n.podnet_reservations().len(), 1);
-    let mut conf = n.podnet_conflist()["plugins"][0].clone();
-    conf["name"] = n.podnet_conflist()["name"].clone();
-    conf["cniVersion"] = n.podnet_conflist()["cniVersion"].clone();
-    conf["cni.dev/valid-attachments"] = serde_json::json!([]);
-    let out = podnet_tests::run_plugin_env(
-        Some(n.node()),
-        &[("CNI_COMMAND", "GC"), ("CNI_PATH", &n.cni_bin_dir().display().to_string())],
-        conf.to_string().as_bytes(),
-    );
+    let conflist = n.podnet_conflist();
+    let gc = |version: &serde_json::Value| {
+        let mut conf = conflist["plugins"][0].clone();
+        conf["name"] = conflist["name"].clone();
+        conf["cniVersion"] = version.clone();
+        conf["cni.dev/valid-attachments"] = serde_json::json!([]);
+        podnet_tests::run_plugin_env(
+            Some(n.node()),
+            &[("CNI_COMMAND", "GC"), ("CNI_PATH", &n.cni_bin_dir().display().to_string())],
+            conf.to_string().as_bytes(),
+        )
+    };
+    if f.is_1_7() {
+        assert_eq!(conflist["cniVersion"], "1.0.0", "containerd 1.7's conflist");
+        let out = gc(&conflist["cniVersion"]);
+        assert_ne!(out.code, 0, "GC of a CNI 1.0.0 config: {out:?}");
+        assert!(out.stdout.contains("GC needs cniVersion 1.1.0"), "the error says why: {out:?}");
+        assert_eq!(n.podnet_reservations().len(), 1, "a refused GC released the IP");
+        assert!(sh(n.client(), &ctr, "ip -4 -o addr show eth0").contains(&format!("inet {}/", n.pod_ip(&pod))));
+    }
+    let out = gc(&"1.1.0".into());
     assert_eq!(out.code, 0, "GC: {out:?}");
     assert!(n.podnet_reservations().is_empty(), "GC released the IP: {:?}", n.podnet_reservations());
     assert!(n.veths().is_empty(), "GC removed the veth: {:?}", n.veths());
-    n.stop_and_remove(&pod);
-    n.finish();
-}
-
-/// containerd 1.7 (config v2, CNI 1.0.0): the same pod lifecycle with the podnet handler.
-#[test]
-#[ignore = "needs root"]
-fn containerd_1_7_pod_lifecycle() {
-    let dir = Path::new("/opt/podnet/containerd-1.7");
-    assert!(
-        dir.join("usr/bin/containerd").exists(),
-        "{}/usr/bin/containerd is missing: hack/setup unpacks Debian's containerd 1.7 there (hack/install-containerd)",
-        dir.display()
-    );
-    let n = CriNode::with("c17", CriNodeOptions::default().containerd_dir(dir));
-    assert!(n.v1, "containerd 1.x in {}", dir.display());
-    let cfg = n.pod_config("old").port(80, 8084, "");
-    let pod = run_pod(&n, &cfg);
-    let ip = n.pod_ip(&pod);
-    let ctr = n.start_container(&pod, &cfg, web("w", "from-1-7"));
-    assert!(sh(n.client(), &ctr, "ip -4 -o addr show eth0").contains(&format!("inet {ip}/")));
-    let ok = retry(100, Duration::from_millis(50), || {
-        node_fetch(&n, "127.0.0.1", 8084).is_some_and(|s| s.contains("from-1-7"))
-    });
-    assert!(ok, "hostPort on containerd 1.7");
-    assert_eq!(n.shim_pids_for(&pod).len(), 1);
     n.stop_and_remove(&pod);
     n.finish();
 }

@@ -1,17 +1,21 @@
 //! CRI streaming against a real containerd (root): Exec, Attach and PortForward through the
 //! URLs containerd's stream server hands out, with `podnet_tests::cri_stream` as the
 //! WebSocket client (connecting from inside the node namespace, where the server listens on
-//! 127.0.0.1), for the `runc` handler and the `podnet` handler.
+//! 127.0.0.1), for the `runc` handler and the `podnet` handler, on containerd 2.x and 1.7
+//! (`containerd_2::<scenario>`, `containerd_1_7::<scenario>`).
 use std::time::{Duration, Instant};
 
-use podnet_tests::cri::{container_config, v1 as cri, wait_container_state, ContainerConfigExt, CriNode};
+use podnet_tests::cri::{container_config, v1 as cri, wait_container_state, ContainerConfigExt, CriNode, Flavour};
 use podnet_tests::cri::{HANDLER_PODNET, HANDLER_RUNC};
 use podnet_tests::cri_stream::{self, in_ns, Session, StreamOutput, CH_STDOUT};
+use podnet_tests::on_each_containerd;
+
+on_each_containerd!(runc_streams, podnet_streams);
 
 const T: Duration = Duration::from_secs(30);
 
-/// An Exec request. With a tty it always asks for stdin: containerd 2.1 closes a tty exec's
-/// output as soon as its stdin stream ends, and without stdin that stream is empty (see
+/// An Exec request. With a tty it always asks for stdin: containerd (2.1 and 1.7) closes a tty
+/// exec's output as soon as its stdin stream ends, and without stdin that stream is empty (see
 /// `cri_stream`'s module docs).
 fn exec_req(ctr: &str, cmd: &[&str], stdin: bool, tty: bool) -> cri::ExecRequest {
     cri::ExecRequest {
@@ -30,8 +34,8 @@ fn exec(n: &CriNode, ctr: &str, cmd: &[&str], stdin: Option<&[u8]>, tty: bool) -
         .unwrap_or_else(|e| panic!("exec {cmd:?} via {url}: {e}\n{}", n.c().log_tail(40)))
 }
 
-fn streams(handler: &str) {
-    let n = CriNode::new(handler);
+fn streams(f: Flavour, handler: &str) {
+    let n = CriNode::on(f, handler);
     let c = n.client();
     let pod_cfg = n.pod_config("stream");
     let pod =
@@ -63,8 +67,8 @@ fn streams(handler: &str) {
     let e = cri_stream::exec(in_ns(n.node()), &url, None, false, T).expect_err("exec of a missing binary");
     eprintln!("missing binary: {e}");
 
-    // Exec with stdin. containerd 2.1 serves v4 only, so stdin stays open until the command
-    // ends: a command that reads one line works with `exec`...
+    // Exec with stdin. containerd 2.1 and 1.7 serve v4 only, so stdin stays open until the
+    // command ends: a command that reads one line works with `exec`...
     let o = exec(&n, &sh, &["sh", "-c", "read l; echo got:$l; exit 5"], Some(b"hello\n"), false);
     assert_eq!((o.stdout_str().as_str(), o.exit_code), ("got:hello\n", 5), "{o:?}");
     // ...and `cat` echoes through a session; closing the connection closes its stdin.
@@ -156,14 +160,10 @@ fn streams(handler: &str) {
     n.finish();
 }
 
-#[test]
-#[ignore = "needs root"]
-fn runc_streams() {
-    streams(HANDLER_RUNC);
+fn runc_streams(f: Flavour) {
+    streams(f, HANDLER_RUNC);
 }
 
-#[test]
-#[ignore = "needs root"]
-fn podnet_streams() {
-    streams(HANDLER_PODNET);
+fn podnet_streams(f: Flavour) {
+    streams(f, HANDLER_PODNET);
 }
