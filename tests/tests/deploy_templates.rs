@@ -548,6 +548,7 @@ fn install_check_uninstall(binary: &Path) {
     ok(install(&args));
     let mut expected = vec![
         "etc/containerd/conf.d/podnet.toml",
+        "etc/podnet/config.toml",
         "etc/podnet/cri.d/10-podnet.conflist",
         "opt/cni/bin/podnet",
         "usr/local/bin/containerd-shim-podnet-v2",
@@ -561,7 +562,7 @@ fn install_check_uninstall(binary: &Path) {
     let link = dir.path().join("opt/cni/bin/podnet");
     assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/usr/local/bin/containerd-shim-podnet-v2"));
-    for f in ["etc/containerd/conf.d/podnet.toml", "etc/podnet/cri.d/10-podnet.conflist"] {
+    for f in ["etc/containerd/conf.d/podnet.toml", "etc/podnet/config.toml", "etc/podnet/cri.d/10-podnet.conflist"] {
         assert_eq!(std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777, 0o644, "{f}");
     }
 
@@ -569,7 +570,7 @@ fn install_check_uninstall(binary: &Path) {
     let before: Vec<_> =
         expected.iter().map(|f| std::fs::symlink_metadata(dir.path().join(f)).unwrap().modified().unwrap()).collect();
     let out = ok(install(&args));
-    assert_eq!(out.matches("is up to date").count(), 4, "{out}");
+    assert_eq!(out.matches("is up to date").count(), 5, "{out}");
     let after: Vec<_> =
         expected.iter().map(|f| std::fs::symlink_metadata(dir.path().join(f)).unwrap().modified().unwrap()).collect();
     assert_eq!(before, after);
@@ -581,6 +582,59 @@ fn install_check_uninstall(binary: &Path) {
     let out = ok(install(&["--destdir", root, "--uninstall"]));
     assert!(out.contains("not written by podnet"), "{out}");
     assert!(dir.path().join("etc/containerd/conf.d/podnet.toml").exists());
+}
+
+/// podnet's cgroup driver: the flag; else containerd's SystemdCgroup for runc in config.toml;
+/// else systemd as PID 1. The handler names the config file as its ConfigPath option.
+#[test]
+fn the_cgroup_driver_matches_the_node_and_is_said() {
+    let dir = TempDir::new("pncgd");
+    let bin = fake_binary(dir.path());
+    let root = dir.path().join("root");
+    let r = root.to_str().unwrap();
+    let base = ["--binary", bin.to_str().unwrap(), "--destdir", r, "--containerd-version", "2"];
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = ok(install(&args));
+        let cfg = std::fs::read_to_string(root.join("etc/podnet/config.toml")).unwrap();
+        (out, cfg)
+    };
+    let (out, cfg) = run(&["--cgroup-driver", "systemd"]);
+    assert!(out.contains("podnet's cgroup driver: systemd (--cgroup-driver)"), "{out}");
+    assert!(cfg.lines().any(|l| l == "systemd_cgroup = true"), "{cfg}");
+    let dropin = std::fs::read_to_string(root.join("etc/containerd/conf.d/podnet.toml")).unwrap();
+    assert!(dropin.contains("runtimes.podnet.options]\n  ConfigPath = \"/etc/podnet/config.toml\""), "{dropin}");
+    let (_, cfg) = run(&["--cgroup-driver", "cgroupfs"]);
+    assert!(cfg.lines().any(|l| l == "systemd_cgroup = false"), "{cfg}");
+    let (_, cfg) = run(&["--cgroup-driver", "auto"]);
+    assert!(!cfg.lines().any(|l| l.starts_with("systemd_cgroup")), "{cfg}");
+    // runc's SystemdCgroup in config.toml decides (the kubelet's driver matches runc's).
+    std::fs::create_dir_all(root.join("etc/containerd")).unwrap();
+    for (setting, want) in [("true", "systemd_cgroup = true"), ("false", "systemd_cgroup = false")] {
+        let toml = format!(
+            "version = 3\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n  SystemdCgroup = {setting}\n"
+        );
+        std::fs::write(root.join("etc/containerd/config.toml"), toml).unwrap();
+        let (out, cfg) = run(&[]);
+        assert!(out.contains(&format!("SystemdCgroup = {setting} for runc")), "{out}");
+        assert!(cfg.lines().any(|l| l == want), "{setting}: {cfg}");
+    }
+    // Neither: systemd as PID 1 decides.
+    std::fs::remove_file(root.join("etc/containerd/config.toml")).unwrap();
+    let (out, cfg) = run(&[]);
+    let booted = Path::new("/run/systemd/system").is_dir();
+    assert!(out.contains(if booted { "systemd is PID 1" } else { "systemd is not PID 1" }), "{out}");
+    assert!(cfg.lines().any(|l| l == if booted { "systemd_cgroup = true" } else { "systemd_cgroup = false" }), "{cfg}");
+    // k3s picks its kubelet's driver itself: unset.
+    let (out, cfg) = run(&["--k3s"]);
+    assert!(out.contains("k3s picks"), "{out}");
+    assert!(!cfg.lines().any(|l| l.starts_with("systemd_cgroup")), "{cfg}");
+    // A config.toml of the user's own is left alone, with the setting it should have.
+    std::fs::write(root.join("etc/podnet/config.toml"), "state_dir = \"/run/mine\"\n").unwrap();
+    let args: Vec<&str> = base.iter().chain(&["--cgroup-driver", "systemd"]).copied().collect();
+    let out = ok(install(&args));
+    assert!(out.contains("not written by podnet") && out.contains("systemd_cgroup = true"), "{out}");
+    assert_eq!(std::fs::read_to_string(root.join("etc/podnet/config.toml")).unwrap(), "state_dir = \"/run/mine\"\n");
 }
 
 #[test]
@@ -604,6 +658,7 @@ fn bad_flags_fail_naming_the_flag_and_write_nothing() {
         (&["--containerd-version", "1.6"], "--containerd-version"),
         (&["--containerd-version", "1.7", "--config-version", "3"], "--config-version"),
         (&["--config-version", "4"], "--config-version"),
+        (&["--cgroup-driver", "systemdd"], "--cgroup-driver"),
         (&["--prefix", "usr/local"], "--prefix"),
         (&["--cni-bin-dir", "/opt/cni bin"], "--cni-bin-dir"),
         (&["--cni-conf-dir", "/etc/\"podnet"], "--cni-conf-dir"),
