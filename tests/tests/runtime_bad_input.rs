@@ -213,14 +213,43 @@ fn negative_oom_score_adj_is_refused_or_applied_never_hangs() {
     env.finish();
 }
 
+/// Without systemd (this machine's PID 1 is not), a `slice:prefix:name` path is used as runc's
+/// cgroupfs driver uses it: a directory of that name below the caller's own cgroup. Asking for
+/// the systemd driver there is a clear error that leaves nothing.
 #[test]
 #[ignore = "needs root"]
-fn systemd_cgroups_path_is_refused() {
+fn systemd_cgroups_path_without_systemd() {
+    if podnet_runtime::cgroup::systemd_booted() {
+        eprintln!("skipped here: systemd runs this host (tests/tests/systemd_node.rs covers the driver)");
+        return;
+    }
     let env = RtEnv::new("sdcg");
-    let msg = spec_err(&env, "sdcg", &env.spec(&["true"]).cgroups_path("system.slice:x:y"));
-    assert!(msg.contains("systemd"), "{msg}");
-    assert!(msg.contains("system.slice:x:y"), "{msg}");
-    assert!(!Path::new("/sys/fs/cgroup/pids/system.slice:x:y").exists());
+    let path = format!("podnet-test-{}.slice:cri-containerd:sdcg", std::process::id());
+    let spec = env.spec(&["sleep", "1000"]).cgroups_path(&path);
+    let bundle = env.bundle(&spec);
+    quiesce();
+    let c = env.runtime.create("sdcg", &bundle, opts()).expect("a systemd-form path on cgroupfs");
+    let dir = podnet_runtime::cgroup::in_hierarchy(Path::new("/sys/fs/cgroup/pids"), Path::new(&path));
+    assert_eq!(c.cgroup_dir(), Path::new(&path));
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).expect("the literal cgroup directory");
+    assert!(procs.lines().any(|l| l == c.pid().to_string()), "{procs}");
+    c.delete().expect("delete");
+    assert!(!dir.exists(), "{} left", dir.display());
+
+    // systemd asked for where none runs.
+    let bundle = env.bundle(&spec);
+    quiesce();
+    let asked = CreateOptions { systemd_cgroup: Some(true), ..opts() };
+    let msg = match env.runtime.create("sdcg2", &bundle, asked) {
+        Ok(c) => {
+            let _ = c.delete();
+            panic!("systemd_cgroup = true without systemd succeeded");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(msg.contains("linux.cgroupsPath") && msg.contains("systemd is not running"), "{msg}");
+    assert!(no_state(&env), "state left");
+    assert!(!dir.exists(), "{} left", dir.display());
     env.finish();
 }
 
