@@ -10,6 +10,7 @@ pub mod cri;
 pub mod cri_stream;
 pub mod leaks;
 pub mod mounts;
+pub mod node;
 pub mod oci;
 pub mod rt;
 pub mod shim;
