@@ -62,7 +62,8 @@ fn check_features(f: &Value) {
     assert_eq!(l["seccomp"]["enabled"], true);
     assert!(strings(&l["seccomp"]["archs"]).contains(&"SCMP_ARCH_X86_64") || !cfg!(target_arch = "x86_64"));
     assert_eq!(l["mountExtensions"]["idmap"]["enabled"], false, "libcontainer 0.7 has no idmapped mounts");
-    assert_eq!(l["cgroup"]["systemd"], false);
+    assert_eq!(l["cgroup"]["systemd"], true, "the systemd cgroup driver (runtime/src/cgroup.rs)");
+    assert_eq!(l["cgroup"]["systemdUser"], false);
     assert!(strings(&l["capabilities"]).contains(&"CAP_SYS_ADMIN"));
     assert_eq!(f["ociVersionMin"], "1.0.0");
 }
