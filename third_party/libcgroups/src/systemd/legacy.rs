@@ -140,7 +140,12 @@ impl CgroupManager for Manager {
             // A scope left failed (e.g. after an OOM kill) stays loaded until reset. The unit
             // may be gone already once stopped: that is what is wanted.
             if self.client.transient_unit_exists(&self.unit_name) {
-                self.client.reset_failed_unit(&self.unit_name)?;
+                if let Err(e) = self.client.reset_failed_unit(&self.unit_name) {
+                    // Gone in between (the stop job finished): nothing to reset.
+                    if self.client.transient_unit_exists(&self.unit_name) {
+                        return Err(e.into());
+                    }
+                }
             }
         }
         // What systemd does not manage (or has not removed yet).
