@@ -1,23 +1,21 @@
 //! One container: its init process, exec'd processes, stdio, cgroup, and libcontainer state.
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libcgroups::common::{AnyCgroupManager, CgroupManager, ControllerOpt, FreezerState};
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container as LcContainer;
-use libcontainer::error::LibcontainerError;
-use libcontainer::oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Process as OciProcess};
-use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources};
 
 use crate::cgroup::{Cgroup, Driver};
+use crate::create::validate_id;
 use crate::error::{Error, Errors, Result};
-use crate::process::{self, pidfd_open, pidfd_send_signal, Exit, Process};
+use crate::exec::Execs;
+use crate::process::{pidfd_open, pidfd_send_signal, Exit, Process};
 use crate::sandbox::SandboxHandle;
-use crate::stdio::{self, Io, StdioConfig};
-use crate::{spec, Runtime};
+use crate::stdio::{Io, StdioConfig};
+use crate::Runtime;
 
 pub use libcgroups::stats::{MemoryData, Stats};
 
@@ -60,283 +58,27 @@ pub struct CreateOptions {
     pub embedded_pause: bool,
 }
 
-/// A process started in a running container (exec).
-pub struct ExecProcess {
-    pub id: String,
-    process: Process,
-    io: Io,
-}
-
-impl ExecProcess {
-    pub fn pid(&self) -> i32 {
-        self.process.pid()
-    }
-    pub fn process(&self) -> &Process {
-        &self.process
-    }
-    pub fn io(&self) -> &Io {
-        &self.io
-    }
-    /// Waits for the exit and for the terminal output to be copied out.
-    pub fn wait(&self) -> Result<Exit> {
-        let exit = self.process.wait().map_err(|e| Error::io(format!("exec {:?}", self.id), e))?;
-        self.io.wait_output();
-        Ok(exit)
-    }
-}
-
 pub struct Container {
-    id: String,
+    pub(crate) id: String,
     /// `<runtime root>/<id>`: the effective config.json, console sockets, and libcontainer's
     /// own state directory `<id>/`.
-    dir: PathBuf,
-    cgroup: Arc<Cgroup>,
-    poststop: Option<Vec<Hook>>,
-    lc: Mutex<LcContainer>,
-    init: Arc<Process>,
-    io: Io,
-    flags: Mutex<Flags>,
-    execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
-    sandbox_kinds: Option<Vec<LinuxNamespaceType>>,
-    warnings: Vec<String>,
+    pub(crate) dir: PathBuf,
+    pub(crate) cgroup: Arc<Cgroup>,
+    pub(crate) poststop: Option<Vec<Hook>>,
+    pub(crate) lc: Mutex<LcContainer>,
+    pub(crate) init: Arc<Process>,
+    pub(crate) io: Io,
+    pub(crate) flags: Mutex<Flags>,
+    pub(crate) execs: Execs,
+    pub(crate) sandbox_kinds: Option<Vec<LinuxNamespaceType>>,
+    pub(crate) warnings: Vec<String>,
 }
 
 #[derive(Default)]
-struct Flags {
+pub(crate) struct Flags {
     started: bool,
     paused: bool,
     deleted: bool,
-}
-
-/// libcontainer's default workload, except that a program given by absolute path needs no PATH
-/// in the environment (runc's rule: the pause image's `/pause` runs with an empty env).
-#[derive(Clone)]
-pub(crate) struct SpecExecutor;
-
-impl libcontainer::workload::Executor for SpecExecutor {
-    fn exec(
-        &self,
-        spec: &libcontainer::oci_spec::runtime::Spec,
-    ) -> std::result::Result<(), libcontainer::workload::ExecutorError> {
-        libcontainer::workload::default::DefaultExecutor {}.exec(spec)
-    }
-
-    fn validate(
-        &self,
-        spec: &libcontainer::oci_spec::runtime::Spec,
-    ) -> std::result::Result<(), libcontainer::workload::ExecutorValidationError> {
-        use std::os::unix::fs::PermissionsExt;
-        let program = spec.process().as_ref().and_then(|p| p.args().as_ref()).and_then(|a| a.first());
-        match program {
-            Some(p) if p.starts_with('/') => match fs::metadata(p) {
-                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
-                Ok(_) => Err(libcontainer::workload::ExecutorValidationError::ArgValidationError(format!(
-                    "executable {p:?} is not an executable file"
-                ))),
-                Err(e) => Err(libcontainer::workload::ExecutorValidationError::ArgValidationError(format!(
-                    "executable {p:?}: {e}"
-                ))),
-            },
-            _ => libcontainer::workload::default::DefaultExecutor {}.validate(spec),
-        }
-    }
-}
-
-/// Why a container is being created: the build differs only in what runs.
-pub(crate) enum Workload {
-    Spec,
-    Pause(crate::sandbox::PauseExecutor),
-}
-
-impl Runtime {
-    /// Creates the container `id` from the OCI bundle at `bundle` (config.json + rootfs). The
-    /// init process exists when this returns, blocked until `start`.
-    pub fn create(&self, id: &str, bundle: &Path, opts: CreateOptions) -> Result<Container> {
-        validate_id(id)?;
-        let file = bundle.join("config.json");
-        let mut oci = spec::load(bundle)?;
-        if let Some(sandbox) = &opts.sandbox {
-            sandbox.check_alive()?;
-            spec::join_namespaces(&mut oci, sandbox.pid(), sandbox.kinds());
-        }
-        if let Some(path) = &opts.netns {
-            spec::set_namespace_path(&mut oci, LinuxNamespaceType::Network, path);
-        }
-        let prepared = spec::prepare(oci, bundle, &file, id, opts.systemd_cgroup)?;
-        if opts.embedded_pause {
-            let (pause, exec) = self.pause_executor()?;
-            let c = self.build(id, prepared, opts.stdio, Workload::Pause(exec), None);
-            drop(pause);
-            return c;
-        }
-        self.build(id, prepared, opts.stdio, Workload::Spec, None)
-    }
-
-    /// The common create path for app containers and the pause.
-    pub(crate) fn build(
-        &self,
-        id: &str,
-        mut prepared: spec::Prepared,
-        stdio_cfg: StdioConfig,
-        workload: Workload,
-        sandbox_kinds: Option<Vec<LinuxNamespaceType>>,
-    ) -> Result<Container> {
-        let cgroup_path = prepared
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().clone())
-            .unwrap_or_else(|| PathBuf::from(format!("/podnet/{id}")));
-        // Before anything is made: for systemd this asks systemd where the unit's cgroup is.
-        let cgroup = Arc::new(Cgroup::open(id, &cgroup_path, prepared.driver)?);
-        if prepared.joins_pid {
-            spec::rewrite_v1_cgroup_mounts(&mut prepared.spec, &cgroup.dir, &spec::v1_hierarchies());
-        }
-        let dir = self.root.join(id);
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::AlreadyExists(id.to_string()))
-            }
-            Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
-        }
-        let result = self.build_in(id, &dir, &cgroup, prepared, stdio_cfg, workload, sandbox_kinds);
-        if result.is_err() {
-            // The build reaped what it started; what remains is the cgroup (and unit) and the
-            // directory.
-            let _ = cgroup.remove();
-            let _ = fs::remove_dir_all(&dir);
-        }
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn build_in(
-        &self,
-        id: &str,
-        dir: &Path,
-        cgroup: &Arc<Cgroup>,
-        prepared: spec::Prepared,
-        stdio_cfg: StdioConfig,
-        workload: Workload,
-        sandbox_kinds: Option<Vec<LinuxNamespaceType>>,
-    ) -> Result<Container> {
-        let spec::Prepared { spec: oci, oom_score_adj, warnings, driver, joins_pid: _ } = prepared;
-        driver.save(dir)?;
-        let terminal = oci.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
-        let poststop = oci.hooks().as_ref().and_then(|h| h.poststop().clone());
-        spec::write(&oci, dir)?;
-        let stdio_cfg = StdioConfig { terminal, ..stdio_cfg };
-        let mut pending = stdio::prepare(&stdio_cfg, &dir.join("console.sock"))?;
-
-        // libcontainer clones the calling process: one create at a time, the helper processes
-        // of a failed one are found among this thread's new children, and the stdio pumps are
-        // started before another clone can happen.
-        let _fork = self.fork_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let lc = libcontainer_build(id, dir, &mut pending, &format!("creating container {id:?}"), |b| {
-            let b = match workload {
-                Workload::Pause(exec) => b.with_executor(exec),
-                Workload::Spec => b.with_executor(SpecExecutor),
-            };
-            b.validate_id()?.as_init(dir).with_systemd(driver == Driver::Systemd).with_detach(true).build()
-        })?;
-        let Some(pid) = lc.pid() else {
-            return Err(Error::Container {
-                context: format!("creating container {id:?}"),
-                msg: "no init pid in its state".into(),
-            });
-        };
-        let init =
-            Process::from_child(pid.as_raw()).map_err(|e| Error::io(format!("tracking the init of {id:?}"), e))?;
-        // A failure from here on leaves an init blocked before start: end it.
-        let kill_init = |_: &Error| init.kill_and_reap();
-        if let Some(score) = oom_score_adj {
-            set_oom_score_adj(pid.as_raw(), score).inspect_err(kill_init)?;
-        }
-        let io = pending.start(&format!("container {id:?}")).inspect_err(kill_init)?;
-        Ok(Container {
-            id: id.to_string(),
-            dir: dir.to_path_buf(),
-            cgroup: Arc::clone(cgroup),
-            poststop,
-            lc: Mutex::new(lc),
-            init: Arc::new(init),
-            io,
-            flags: Mutex::new(Flags::default()),
-            execs: Mutex::new(HashMap::new()),
-            sandbox_kinds,
-            warnings,
-        })
-    }
-}
-
-/// One libcontainer build (an init with `as_init`, or an exec with `as_tenant`, chosen by
-/// `finish`) of container `id` whose state lives in `root`, with `pending`'s stdio attached.
-/// The caller holds the runtime's fork lock. On failure, the helper processes the build left
-/// are killed and reaped, and libcontainer's logged cause is added to the error.
-fn libcontainer_build<T>(
-    id: &str,
-    root: &Path,
-    pending: &mut stdio::Pending,
-    what: &str,
-    finish: impl FnOnce(ContainerBuilder) -> Result<T, LibcontainerError>,
-) -> Result<T> {
-    let before = process::thread_children();
-    let (built, details) = crate::capture::errors_of(|| {
-        let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_root_path(root)?
-            .with_console_socket(pending.console.as_ref().map(|(p, _)| p.clone()));
-        if let Some(fd) = pending.stdin.take() {
-            b = b.with_stdin(fd);
-        }
-        if let Some(fd) = pending.stdout.take() {
-            b = b.with_stdout(fd);
-        }
-        if let Some(fd) = pending.stderr.take() {
-            b = b.with_stderr(fd);
-        }
-        finish(b)
-    });
-    built.map_err(|err| {
-        process::reap_new_children(&before);
-        detailed(Error::container(what, &err), details)
-    })
-}
-
-/// Appends what libcontainer logged about a failure (the cause, from inside the container's
-/// init) to the error.
-fn detailed(err: Error, details: Vec<String>) -> Error {
-    match err {
-        Error::Container { context, msg } if !details.is_empty() => {
-            Error::Container { context, msg: format!("{msg} ({})", details.join("; ")) }
-        }
-        other => other,
-    }
-}
-
-/// Container ids become directory and cgroup names.
-pub(crate) fn validate_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 1024
-        && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidId(id.to_string()))
-    }
-}
-
-fn set_oom_score_adj(pid: i32, score: i32) -> Result<()> {
-    let path = format!("/proc/{pid}/oom_score_adj");
-    fs::write(&path, score.to_string()).map_err(|e| {
-        let hint = if score < 0 {
-            " (this kernel refuses to lower oom_score_adj below 0 here; with containerd's CRI set restrict_oom_score_adj = true)"
-        } else {
-            ""
-        };
-        Error::io(format!("process.oomScoreAdj {score}: writing {path}{hint}"), e)
-    })
 }
 
 impl Runtime {
@@ -361,11 +103,11 @@ impl Runtime {
                 }
                 errs.push(cg.remove());
             }
-            Err(e) => errs.push(Err(e)),
+            Err(e) => errs.add(e),
         }
         if let Err(e) = fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                errs.push(Err(Error::io(format!("removing {}", dir.display()), e)));
+                errs.add(Error::io(format!("removing {}", dir.display()), e));
             }
         }
         errs.into_result()
@@ -410,10 +152,6 @@ impl Container {
 
     pub fn io(&self) -> &Io {
         &self.io
-    }
-
-    pub fn is_sandbox(&self) -> bool {
-        self.sandbox_kinds.is_some()
     }
 
     /// What a container joining this one's `kinds` of namespaces needs (container mode, for a
@@ -463,7 +201,7 @@ impl Container {
         }
     }
 
-    fn state_error(&self, op: &'static str) -> Error {
+    pub(crate) fn state_error(&self, op: &'static str) -> Error {
         Error::State { what: "container", id: self.id.clone(), op, state: self.status().as_str() }
     }
 
@@ -530,84 +268,6 @@ impl Container {
         Ok(fds)
     }
 
-    /// Runs a process in the running container, with the given OCI process (args, env, cwd,
-    /// user, terminal, capabilities...). It is started when this returns. The process decides
-    /// what the OCI spec lets a process decide; the rest of its confinement is the container's,
-    /// as for the init: namespaces, cgroup, seccomp profile (libcontainer is patched for it,
-    /// third_party/README.md), and the same adaptation of the process as the init's
-    /// (`spec::prepare_process`: AppArmor where the kernel has it, oomScoreAdj on the process).
-    pub fn exec(
-        &self,
-        exec_id: &str,
-        proc_spec: &OciProcess,
-        stdio_cfg: StdioConfig,
-        runtime: &Runtime,
-    ) -> Result<Arc<ExecProcess>> {
-        validate_id(exec_id).map_err(|_| Error::InvalidId(exec_id.to_string()))?;
-        if self.status() != Status::Running {
-            return Err(self.state_error("exec"));
-        }
-        if self.execs.lock().unwrap_or_else(|p| p.into_inner()).contains_key(exec_id) {
-            return Err(Error::AlreadyExists(format!("{}/{exec_id}", self.id)));
-        }
-        let mut proc_spec = proc_spec.clone();
-        let oom_score_adj = spec::prepare_process(&mut proc_spec, &mut Vec::new())
-            .map_err(|(field, msg)| Error::spec(format!("exec {exec_id:?} in {:?}", self.id), field, msg))?;
-        let json = self.dir.join(format!("exec-{exec_id}.json"));
-        let bytes = serde_json::to_vec(&proc_spec).map_err(|e| Error::io("encoding the exec process", e.into()))?;
-        fs::write(&json, bytes).map_err(|e| Error::io(format!("writing {}", json.display()), e))?;
-        let result = self.exec_in(exec_id, &json, &proc_spec, oom_score_adj, stdio_cfg, runtime);
-        let _ = fs::remove_file(&json);
-        let exec = Arc::new(result?);
-        self.execs.lock().unwrap_or_else(|p| p.into_inner()).insert(exec_id.to_string(), exec.clone());
-        Ok(exec)
-    }
-
-    fn exec_in(
-        &self,
-        exec_id: &str,
-        json: &Path,
-        proc_spec: &OciProcess,
-        oom_score_adj: Option<i32>,
-        stdio_cfg: StdioConfig,
-        runtime: &Runtime,
-    ) -> Result<ExecProcess> {
-        let terminal = proc_spec.terminal().unwrap_or(false);
-        let stdio_cfg = StdioConfig { terminal, ..stdio_cfg };
-        let mut pending = stdio::prepare(&stdio_cfg, &self.dir.join(format!("exec-{exec_id}.sock")))?;
-        let what = format!("exec {exec_id:?} in {:?}", self.id);
-        let _fork = runtime.fork_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let pid = libcontainer_build(&self.id, &self.dir, &mut pending, &what, |b| {
-            b.with_executor(SpecExecutor).as_tenant().with_process(Some(json)).with_detach(true).build()
-        })?;
-        let process = Process::from_child(pid.as_raw()).map_err(|e| Error::io(what.clone(), e))?;
-        if let Some(score) = oom_score_adj {
-            set_oom_score_adj(pid.as_raw(), score).inspect_err(|_| process.kill_and_reap())?;
-        }
-        let io = pending.start(&what).inspect_err(|_| process.kill_and_reap())?;
-        Ok(ExecProcess { id: exec_id.to_string(), process, io })
-    }
-
-    pub fn exec_process(&self, exec_id: &str) -> Option<Arc<ExecProcess>> {
-        self.execs.lock().unwrap_or_else(|p| p.into_inner()).get(exec_id).cloned()
-    }
-
-    /// Forgets an exec'd process that has exited (containerd's Delete of an exec).
-    pub fn remove_exec(&self, exec_id: &str) -> Result<Option<Exit>> {
-        let Some(exec) = self.exec_process(exec_id) else {
-            return Err(Error::State { what: "exec", id: exec_id.to_string(), op: "delete", state: "unknown" });
-        };
-        match exec.process.try_wait() {
-            Ok(Some(exit)) => {
-                exec.io.shutdown();
-                self.execs.lock().unwrap_or_else(|p| p.into_inner()).remove(exec_id);
-                Ok(Some(exit))
-            }
-            Ok(None) => Err(Error::State { what: "exec", id: exec_id.to_string(), op: "delete", state: "running" }),
-            Err(e) => Err(Error::io(format!("exec {exec_id:?}"), e)),
-        }
-    }
-
     /// Waits for the init to exit, and for its terminal output to be copied out. Exec'd
     /// processes that exit meanwhile are reaped (their exits stay recorded): a PID namespace's
     /// init cannot finish exiting while one of them is an unreaped zombie.
@@ -618,9 +278,9 @@ impl Container {
             if let Some(exit) = self.init.try_wait().map_err(err)? {
                 break exit;
             }
-            let execs: Vec<_> = self.execs.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+            let execs = self.execs.started();
             let mut fds: Vec<libc::pollfd> = std::iter::once(self.init.as_fd())
-                .chain(execs.iter().filter(|e| e.process.exit().is_none()).map(|e| e.process.as_fd()))
+                .chain(execs.iter().filter(|e| e.process().exit().is_none()).map(|e| e.process().as_fd()))
                 .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
                 .collect();
             if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
@@ -630,7 +290,7 @@ impl Container {
                 }
             }
             for e in &execs {
-                let _ = e.process.try_wait();
+                let _ = e.process().try_wait();
             }
         };
         self.io.wait_output();
@@ -696,17 +356,17 @@ impl Container {
         // The exec'd processes are this process's children: reap them first. A dying PID
         // namespace init waits until every process of its namespace is reaped, so the init
         // cannot finish exiting while an exec's zombie is left.
-        let execs: Vec<_> = self.execs.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, e)| e).collect();
+        let execs = self.execs.drain();
         for exec in execs {
-            let _ = exec.process.signal(libc::SIGKILL);
-            if let Err(e) = exec.process.wait() {
-                errs.push(Err(Error::io(format!("reaping exec {:?}", exec.id), e)));
+            let _ = exec.process().signal(libc::SIGKILL);
+            if let Err(e) = exec.process().wait() {
+                errs.add(Error::io(format!("reaping exec {:?}", exec.id), e));
             }
-            exec.io.shutdown();
+            exec.io().shutdown();
         }
         match killed {
             Ok(fds) => errs.push(wait_gone(&fds, &self.id)),
-            Err(e) => errs.push(Err(e)),
+            Err(e) => errs.add(e),
         }
         let _ = self.init.signal(libc::SIGKILL);
         let exit = self.init.wait().map_err(|e| Error::io(format!("reaping the init of {:?}", self.id), e));
@@ -718,19 +378,19 @@ impl Container {
             let mut state = lc.state.clone();
             state.status = libcontainer::container::ContainerStatus::Stopped;
             if let Err(e) = libcontainer::hooks::run_hooks(self.poststop.as_ref(), Some(&state), None, None, None) {
-                errs.push(Err(Error::container(format!("poststop hooks of {:?}", self.id), &e)));
+                errs.add(Error::container(format!("poststop hooks of {:?}", self.id), &e));
             }
         }
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                errs.push(Err(Error::io(format!("removing {}", self.dir.display()), e)));
+                errs.add(Error::io(format!("removing {}", self.dir.display()), e));
             }
         }
         self.flags().deleted = true;
         let exit = match exit {
             Ok(exit) => Some(exit),
             Err(e) => {
-                errs.push(Err(e));
+                errs.add(e);
                 None
             }
         };

@@ -73,25 +73,18 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Collects teardown failures and keeps going.
-#[derive(Default)]
-pub struct Errors(Vec<Error>);
+/// Collects teardown failures and keeps going (podnet's one collector; several become
+/// [`Error::Many`]).
+pub type Errors = podnet_errors::Errors<Error>;
 
-impl Errors {
-    pub fn push(&mut self, r: Result<()>) {
-        if let Err(e) = r {
-            match e {
-                Error::Many(v) => self.0.extend(v),
-                e => self.0.push(e),
-            }
-        }
+impl podnet_errors::Combine for Error {
+    fn combine(errs: Vec<Error>) -> Error {
+        Error::Many(errs)
     }
-
-    pub fn into_result(self) -> Result<()> {
-        match self.0.len() {
-            0 => Ok(()),
-            1 => Err(self.0.into_iter().next().unwrap_or(Error::Many(Vec::new()))),
-            _ => Err(Error::Many(self.0)),
+    fn flatten(self) -> Vec<Error> {
+        match self {
+            Error::Many(v) => v,
+            e => vec![e],
         }
     }
 }
@@ -114,8 +107,8 @@ mod tests {
     fn errors_collect_all() {
         let mut errs = Errors::default();
         errs.push(Ok(()));
-        errs.push(Err(Error::Unsupported("a".into())));
-        errs.push(Err(Error::Unsupported("b".into())));
+        errs.add(Error::Unsupported("a".into()));
+        errs.add(Error::Unsupported("b".into()));
         let e = errs.into_result().unwrap_err();
         assert_eq!(e.to_string(), "a; b");
     }

@@ -14,9 +14,10 @@
 mod capture;
 pub mod cgroup;
 pub mod container;
+mod create;
 pub mod error;
+pub mod exec;
 pub mod features;
-pub mod pod;
 pub mod process;
 pub mod sandbox;
 pub mod spec;
@@ -25,11 +26,11 @@ pub mod stdio;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-pub use container::{Container, CreateOptions, ExecProcess, Stats, Status};
+pub use container::{Container, CreateOptions, Stats, Status};
 pub use error::{Error, Result};
+pub use exec::{ExecInfo, ExecProcess};
 pub use features::features;
 pub use libcontainer::oci_spec;
-pub use pod::Pod;
 pub use process::{Exit, Process};
 pub use sandbox::{NsMode, SandboxConfig, SandboxHandle, PAUSE_BINARY};
 pub use stdio::{Io, StdioConfig};

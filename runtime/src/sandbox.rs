@@ -19,7 +19,8 @@ use std::sync::Arc;
 use libcontainer::oci_spec::runtime::{LinuxNamespaceType, Spec};
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 
-use crate::container::{validate_id, Container, Workload};
+use crate::container::Container;
+use crate::create::{validate_id, Build, Workload};
 use crate::error::{Error, Result};
 use crate::process::Process;
 use crate::stdio::StdioConfig;
@@ -209,7 +210,13 @@ impl Runtime {
         let oci: Spec = serde_json::from_value(json)
             .map_err(|e| Error::spec(&file, "sandbox", format!("building the pause spec: {e}")))?;
         let prepared = spec::prepare(oci, &root, &file, id, cfg.systemd_cgroup)?;
-        let c = self.build(id, prepared, StdioConfig::null(), Workload::Pause(exec), Some(cfg.shared_kinds()));
+        let c = self.build(Build {
+            id,
+            prepared,
+            stdio: StdioConfig::null(),
+            workload: Workload::Pause(exec),
+            sandbox_kinds: Some(cfg.shared_kinds()),
+        });
         drop(pause);
         c
     }

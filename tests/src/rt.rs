@@ -203,3 +203,63 @@ pub fn write_line(f: &mut File, line: &str) {
     f.write_all(line.as_bytes()).expect("write fifo");
     f.write_all(b"\n").expect("write fifo");
 }
+
+/// A pod as the shim keeps one: the pause sandbox, and app containers created with its join
+/// handle (container mode). Deleting it deletes every member, then the sandbox, whatever fails
+/// on the way.
+pub struct Pod {
+    sandbox: Container,
+    members: std::sync::Mutex<Vec<std::sync::Arc<Container>>>,
+}
+
+/// Creates the pod `id` (its pause sandbox); `start` runs the pause.
+pub fn create_pod(runtime: &Runtime, id: &str, cfg: &podnet_runtime::SandboxConfig) -> podnet_runtime::Result<Pod> {
+    Ok(Pod { sandbox: runtime.create_sandbox(id, cfg)?, members: Default::default() })
+}
+
+impl Pod {
+    pub fn sandbox(&self) -> &Container {
+        &self.sandbox
+    }
+
+    pub fn start(&self) -> podnet_runtime::Result<()> {
+        self.sandbox.start()
+    }
+
+    /// Creates an app container from `bundle` joined to the pod's namespaces.
+    pub fn create_container(
+        &self,
+        runtime: &Runtime,
+        id: &str,
+        bundle: &Path,
+        stdio: StdioConfig,
+    ) -> podnet_runtime::Result<std::sync::Arc<Container>> {
+        let handle =
+            self.sandbox.sandbox_handle().ok_or_else(|| podnet_runtime::Error::Unsupported("not a sandbox".into()))?;
+        let opts = podnet_runtime::CreateOptions { stdio, sandbox: Some(handle), ..Default::default() };
+        let c = std::sync::Arc::new(runtime.create(id, bundle, opts)?);
+        self.members.lock().unwrap_or_else(|p| p.into_inner()).push(c.clone());
+        Ok(c)
+    }
+
+    /// Deletes the member `id` and forgets it.
+    pub fn delete_container(&self, id: &str) -> podnet_runtime::Result<()> {
+        let c = {
+            let mut m = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            let i = m.iter().position(|c| c.id() == id).unwrap_or_else(|| panic!("{id} is not in the pod"));
+            m.remove(i)
+        };
+        c.delete().map(|_| ())
+    }
+
+    /// Deletes every member, then the sandbox; reports every failure.
+    pub fn delete(&self) -> podnet_runtime::Result<()> {
+        let mut errs = podnet_runtime::error::Errors::new();
+        let members: Vec<_> = self.members.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for c in members {
+            errs.push(c.delete());
+        }
+        errs.push(self.sandbox.delete());
+        errs.into_result()
+    }
+}

@@ -20,7 +20,7 @@ fn ns_link(pid: i32, kind: &str) -> String {
 }
 
 /// Runs `script` in a new member of `pod` and returns its stdout once it exits.
-fn run_in_pod(env: &RtEnv, pod: &podnet_runtime::Pod, id: &str, spec: podnet_tests::oci::Spec) -> (i32, String) {
+fn run_in_pod(env: &RtEnv, pod: &podnet_tests::rt::Pod, id: &str, spec: podnet_tests::oci::Spec) -> (i32, String) {
     let out = env.fifo("out");
     let reader = Reader::open(&out);
     let bundle = env.bundle(&spec);
@@ -36,7 +36,7 @@ fn run_in_pod(env: &RtEnv, pod: &podnet_runtime::Pod, id: &str, spec: podnet_tes
 #[ignore = "needs root"]
 fn members_share_net_ipc_uts_with_the_pause() {
     let env = RtEnv::new("share");
-    let pod = env.runtime.create_pod("share-pod", &sandbox_cfg(&env, false)).expect("create pod");
+    let pod = podnet_tests::rt::create_pod(&env.runtime, "share-pod", &sandbox_cfg(&env, false)).expect("create pod");
     pod.start().expect("start pod");
     let pause = pod.sandbox().pid();
 
@@ -76,7 +76,7 @@ fn members_share_net_ipc_uts_with_the_pause() {
 #[ignore = "needs root"]
 fn members_share_pids_when_asked_and_the_pause_root_is_empty() {
     let env = RtEnv::new("pidns");
-    let pod = env.runtime.create_pod("pid-pod", &sandbox_cfg(&env, true)).expect("create pod");
+    let pod = podnet_tests::rt::create_pod(&env.runtime, "pid-pod", &sandbox_cfg(&env, true)).expect("create pod");
     pod.start().expect("start pod");
     let pause = pod.sandbox().pid();
 
@@ -150,7 +150,7 @@ fn members_share_pids_when_asked_and_the_pause_root_is_empty() {
 #[ignore = "needs root"]
 fn killed_member_is_reported_and_the_pause_outlives_it() {
     let env = RtEnv::new("kill");
-    let pod = env.runtime.create_pod("kill-pod", &sandbox_cfg(&env, false)).expect("create pod");
+    let pod = podnet_tests::rt::create_pod(&env.runtime, "kill-pod", &sandbox_cfg(&env, false)).expect("create pod");
     pod.start().expect("start pod");
     let b = env.bundle(&env.spec(&["sleep", "1000"]));
     let c = pod.create_container(&env.runtime, "victim", &b, StdioConfig::null()).expect("create");
@@ -177,7 +177,8 @@ fn killed_member_is_reported_and_the_pause_outlives_it() {
 fn deleting_the_pod_kills_and_reaps_everything() {
     let env = RtEnv::new("podrm");
     for share_pid in [false, true] {
-        let pod = env.runtime.create_pod("rm-pod", &sandbox_cfg(&env, share_pid)).expect("create pod");
+        let pod =
+            podnet_tests::rt::create_pod(&env.runtime, "rm-pod", &sandbox_cfg(&env, share_pid)).expect("create pod");
         pod.start().expect("start pod");
         let mut pids = vec![pod.sandbox().pid()];
         for name in ["a", "b"] {
