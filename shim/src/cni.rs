@@ -5,7 +5,7 @@
 //! conflist. When the plugin's config has a `containerd` object (`address`, `namespace`,
 //! optional `ttrpcAddress`), the call is handed to the pod's shim: the one `start` reaches for
 //! the sandbox (CNI_CONTAINERID is the sandbox id, which is the pod's grouping key), found or
-//! spawned through the same [`start::ensure_shim`] path. The shim runs the CNI engine
+//! spawned through the same [`pod_shim::ensure_shim`] path. The shim runs the CNI engine
 //! in-process over the podnet ttrpc service [`SERVICE`] and keeps the attachment; the plugin
 //! prints the shim's answer. DEL and CHECK go to the shim when it is alive, and are run by the
 //! plugin itself from the persisted attachment record when it is not. GC deletes the stale
@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Flags;
-use crate::start;
-use crate::ttrpc::{socket_path, Client, RpcError};
+use crate::error::{Error, Result};
+use crate::pod_shim;
+use crate::ttrpc::{socket_path, Client};
 
 /// The shim's network service.
 pub const SERVICE: &str = "podnet.v1.Network";
@@ -125,36 +126,38 @@ impl Handoff {
 
     /// The socket of pod `id`'s shim.
     pub fn socket(&self, id: &str) -> PathBuf {
-        socket_path(&start::socket_address(&self.address, &self.namespace, id))
+        socket_path(&pod_shim::socket_address(&self.address, &self.namespace, id))
     }
 
     /// Sends `inv` to the shim of pod `id`, spawning it first if `spawn` and it is not running.
     /// Err: the shim could not be reached (or spawned).
-    pub fn call(&self, id: &str, inv: &Invocation, spawn: bool) -> Result<Outcome, String> {
-        let method = inv.method().ok_or_else(|| format!("{} is not handed to the shim", inv.command()))?;
+    pub fn call(&self, id: &str, inv: &Invocation, spawn: bool) -> Result<Outcome> {
+        let method =
+            inv.method().ok_or_else(|| Error::Invalid(format!("{} is not handed to the shim", inv.command())))?;
         let path = if spawn {
             let env = [("TTRPC_ADDRESS".to_string(), self.ttrpc_address.clone())];
-            let shim = start::ensure_shim(&self.flags(id), id, Path::new(start::SOCKET_DIR), &env)?;
+            let shim = pod_shim::ensure_shim(&self.flags(id), id, Path::new(pod_shim::SOCKET_DIR), &env)?;
             socket_path(&shim.address)
         } else {
             self.socket(id)
         };
-        let mut client = Client::connect(&path).map_err(|e| format!("connecting to {}: {e}", path.display()))?;
-        let payload = serde_json::to_vec(inv).map_err(|e| format!("encoding the request: {e}"))?;
+        let mut client =
+            Client::connect(&path).map_err(|e| Error::io(format!("connecting to {}", path.display()), e))?;
+        let payload = serde_json::to_vec(inv).map_err(|e| Error::Internal(format!("encoding the request: {e}")))?;
         let reply = client
             .call_raw(SERVICE, method, payload, Some(CALL_TIMEOUT))
-            .map_err(|e| format!("{} at {}: {}", SERVICE, path.display(), e.message))?;
-        serde_json::from_slice(&reply).map_err(|e| format!("decoding the shim's reply: {e}"))
+            .map_err(|e| Error::Internal(format!("{} at {}: {}", SERVICE, path.display(), e.message)))?;
+        serde_json::from_slice(&reply).map_err(|e| Error::Internal(format!("decoding the shim's reply: {e}")))
     }
 }
 
 /// The shim side: runs a handed-off invocation with the engine; returns it (for the attachment
 /// it names) with its outcome.
-pub fn serve(method: &str, payload: &[u8]) -> Result<(Invocation, Outcome), RpcError> {
+pub fn serve(method: &str, payload: &[u8]) -> Result<(Invocation, Outcome)> {
     let inv: Invocation = serde_json::from_slice(payload)
-        .map_err(|e| RpcError::invalid(format!("{SERVICE}/{method}: malformed request: {e}")))?;
+        .map_err(|e| Error::Invalid(format!("{SERVICE}/{method}: malformed request: {e}")))?;
     if inv.method() != Some(method) {
-        return Err(RpcError::invalid(format!("{SERVICE}/{method}: CNI_COMMAND is {:?}", inv.command())));
+        return Err(Error::Invalid(format!("{SERVICE}/{method}: CNI_COMMAND is {:?}", inv.command())));
     }
     let outcome = inv.run_here();
     Ok((inv, outcome))
@@ -216,7 +219,7 @@ pub fn invoke(inv: &Invocation) -> Outcome {
                 if inv.command() == "DEL" {
                     // The DEL itself can still succeed: this goes to containerd's log (it
                     // passes a plugin's stderr on), not into the CNI result.
-                    if let Err(e) = start::try_remove_dead_socket(&h.socket(&id)) {
+                    if let Err(e) = pod_shim::try_remove_dead_socket(&h.socket(&id)) {
                         eprintln!("podnet: DEL of {id:?}: {e}");
                     }
                 }
@@ -278,7 +281,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.ttrpc_address, "/run/c.sock.ttrpc");
-        assert_eq!(h.socket("pod1"), socket_path(&start::socket_address("/run/c.sock", "k8s.io", "pod1")));
+        assert_eq!(h.socket("pod1"), socket_path(&pod_shim::socket_address("/run/c.sock", "k8s.io", "pod1")));
         let h = Handoff::from_config(&json!({"containerd": {"address": "a", "namespace": "n", "ttrpcAddress": "t"}}))
             .unwrap()
             .unwrap();
@@ -353,7 +356,7 @@ mod tests {
     fn the_shim_refuses_a_method_that_does_not_match_the_command() {
         let inv = Invocation { env: [("CNI_COMMAND".to_string(), "DEL".to_string())].into(), stdin: "{}".into() };
         let e = serve("Add", &serde_json::to_vec(&inv).unwrap()).unwrap_err();
-        assert!(e.message.contains("CNI_COMMAND"), "{e:?}");
-        assert!(serve("Add", b"nope").unwrap_err().message.contains("malformed"));
+        assert!(e.to_string().contains("CNI_COMMAND"), "{e:?}");
+        assert!(serve("Add", b"nope").unwrap_err().to_string().contains("malformed"));
     }
 }

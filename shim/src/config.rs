@@ -6,6 +6,8 @@ use protobuf::well_known_types::any::Any;
 use protobuf::CodedInputStream;
 use serde::Deserialize;
 
+use crate::error::{Error, Result};
+
 pub const DEFAULT_CONFIG: &str = "/etc/podnet/config.toml";
 /// Overrides [`DEFAULT_CONFIG`] for a shim that gets no options (set in containerd's
 /// environment; containerd passes its environment on to shims).
@@ -32,7 +34,7 @@ pub struct Flags {
 
 impl Flags {
     /// Go-style flags: `-name value`, `-name=value`, `--name`; then the action word.
-    pub fn parse(args: &[String]) -> Result<Flags, String> {
+    pub fn parse(args: &[String]) -> Result<Flags> {
         let mut f = Flags::default();
         let mut i = 0;
         while i < args.len() {
@@ -40,7 +42,7 @@ impl Flags {
             i += 1;
             if !a.starts_with('-') {
                 if !f.action.is_empty() {
-                    return Err(format!("unexpected argument {a:?} after {:?}", f.action));
+                    return Err(Error::Invalid(format!("unexpected argument {a:?} after {:?}", f.action)));
                 }
                 f.action = a.clone();
                 continue;
@@ -54,11 +56,14 @@ impl Flags {
                 "v" | "version" => f.version = true,
                 "info" => f.info = true,
                 "debug" => f.debug = inline.as_deref().map(|v| v == "true" || v == "1").unwrap_or(true),
-                "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" => {
+                "namespace" | "id" | "address" | "publish-binary" | "bundle" => {
                     let value = match inline {
                         Some(v) => v,
                         None => {
-                            let v = args.get(i).cloned().ok_or_else(|| format!("flag -{name} needs a value"))?;
+                            let v = args
+                                .get(i)
+                                .cloned()
+                                .ok_or_else(|| Error::Invalid(format!("flag -{name} needs a value")))?;
                             i += 1;
                             v
                         }
@@ -72,7 +77,7 @@ impl Flags {
                         _ => {}
                     }
                 }
-                other => return Err(format!("unknown flag -{other}")),
+                other => return Err(Error::Invalid(format!("unknown flag -{other}"))),
             }
         }
         Ok(f)
@@ -112,12 +117,12 @@ impl Default for Config {
 }
 
 impl Config {
-    pub fn parse(text: &str, origin: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| format!("{origin}: {}", e.message()))
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        toml::from_str(text).map_err(|e| Error::Invalid(format!("{origin}: {}", e.message())))
     }
 
     /// `path` must exist; the default path may be absent (defaults then).
-    pub fn load(path: Option<&Path>) -> Result<Config, String> {
+    pub fn load(path: Option<&Path>) -> Result<Config> {
         let env = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
         let (path, required) = match (path, env) {
             (Some(p), _) => (p.to_path_buf(), true),
@@ -127,12 +132,12 @@ impl Config {
         match std::fs::read_to_string(&path) {
             Ok(text) => Config::parse(&text, &path.display().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Config::default()),
-            Err(e) => Err(format!("podnet config {}: {e}", path.display())),
+            Err(e) => Err(Error::Invalid(format!("podnet config {}: {e}", path.display()))),
         }
     }
 
     /// The config for a Create with these options.
-    pub fn for_options(opts: &RuntimeOptions) -> Result<Config, String> {
+    pub fn for_options(opts: &RuntimeOptions) -> Result<Config> {
         if !opts.config_path.is_empty() {
             Config::load(Some(Path::new(&opts.config_path)))
         } else if !opts.config_body.is_empty() {
@@ -156,19 +161,19 @@ pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 
 impl RuntimeOptions {
     /// None or an empty Any: no options. Any other type is refused, naming it.
-    pub fn from_any(any: Option<&Any>) -> Result<RuntimeOptions, String> {
+    pub fn from_any(any: Option<&Any>) -> Result<RuntimeOptions> {
         let Some(any) = any else { return Ok(RuntimeOptions::default()) };
         if any.type_url.is_empty() && any.value.is_empty() {
             return Ok(RuntimeOptions::default());
         }
         let name = any.type_url.rsplit('/').next().unwrap_or("");
         if name != RUNTIME_OPTIONS_TYPE {
-            return Err(format!(
+            return Err(Error::Invalid(format!(
                 "unsupported runtime options type {:?}: the podnet shim takes {RUNTIME_OPTIONS_TYPE} (config_path) or none",
                 any.type_url
-            ));
+            )));
         }
-        RuntimeOptions::decode(&any.value).map_err(|e| format!("decoding {RUNTIME_OPTIONS_TYPE}: {e}"))
+        RuntimeOptions::decode(&any.value).map_err(|e| Error::Invalid(format!("decoding {RUNTIME_OPTIONS_TYPE}: {e}")))
     }
 
     fn decode(bytes: &[u8]) -> protobuf::Result<RuntimeOptions> {
@@ -222,8 +227,8 @@ mod tests {
         assert!(Flags::parse(&args("-v")).unwrap().version);
         let f = Flags::parse(&args("-info")).unwrap();
         assert!(f.info && f.action.is_empty());
-        assert!(Flags::parse(&args("-bogus 1")).unwrap_err().contains("-bogus"));
-        assert!(Flags::parse(&args("-id")).unwrap_err().contains("needs a value"));
+        assert!(Flags::parse(&args("-bogus 1")).unwrap_err().to_string().contains("-bogus"));
+        assert!(Flags::parse(&args("-id")).unwrap_err().to_string().contains("needs a value"));
     }
 
     #[test]
@@ -231,13 +236,13 @@ mod tests {
         let c = Config::parse("conf_dir = \"/x\"\n", "t").unwrap();
         assert_eq!(c.conf_dir, PathBuf::from("/x"));
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
-        let e = Config::parse("conf_dri = \"/x\"\n", "t.toml").unwrap_err();
+        let e = Config::parse("conf_dri = \"/x\"\n", "t.toml").unwrap_err().to_string();
         assert!(e.contains("conf_dri") && e.starts_with("t.toml"), "{e}");
         assert_eq!(c.systemd_cgroup, None);
         assert_eq!(Config::parse("systemd_cgroup = true\n", "t").unwrap().systemd_cgroup, Some(true));
-        let e = Config::parse("systemd_cgroup = \"yes\"\n", "t.toml").unwrap_err();
+        let e = Config::parse("systemd_cgroup = \"yes\"\n", "t.toml").unwrap_err().to_string();
         assert!(e.contains("bool"), "{e}");
-        let e = Config::parse("state_dir = 3\n", "t.toml").unwrap_err();
+        let e = Config::parse("state_dir = 3\n", "t.toml").unwrap_err().to_string();
         assert!(e.contains("state_dir") || e.contains("string"), "{e}");
     }
 
@@ -252,7 +257,7 @@ mod tests {
         assert_eq!(RuntimeOptions::from_any(None).unwrap(), RuntimeOptions::default());
         let mut runc = Any::new();
         runc.type_url = "containerd.runc.v1.Options".into();
-        let e = RuntimeOptions::from_any(Some(&runc)).unwrap_err();
+        let e = RuntimeOptions::from_any(Some(&runc)).unwrap_err().to_string();
         assert!(e.contains("containerd.runc.v1.Options"), "{e}");
     }
 }

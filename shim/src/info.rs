@@ -10,9 +10,10 @@ use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};
 use protobuf::well_known_types::any::Any;
 use protobuf::{Message, MessageField};
 
+use crate::bundle::{ANN_POD, ANN_RUNC_GROUP};
 use crate::config::RuntimeOptions;
+use crate::error::{Error, Result};
 use crate::network::PORTS_ANNOTATION;
-use crate::service::{ANN_POD, ANN_RUNC_GROUP};
 
 /// The runtime's name, the `runtime_type` containerd knows the shim by.
 pub const RUNTIME_NAME: &str = "io.containerd.podnet.v2";
@@ -27,14 +28,15 @@ pub const FEATURES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-
 pub const UNSAFE_CONFIG_ANNOTATIONS: [&str; 3] = [ANN_POD, ANN_RUNC_GROUP, PORTS_ANNOTATION];
 
 /// The answer to `-info` for the options containerd wrote to stdin (`options`, maybe empty).
-pub fn runtime_info(options: &[u8]) -> Result<RuntimeInfo, String> {
+pub fn runtime_info(options: &[u8]) -> Result<RuntimeInfo> {
     let mut info = RuntimeInfo::new();
     info.name = RUNTIME_NAME.to_string();
     let mut version = RuntimeVersion::new();
     version.version = env!("CARGO_PKG_VERSION").to_string();
     info.version = MessageField::some(version);
     if !options.is_empty() {
-        let any = Any::parse_from_bytes(options).map_err(|e| format!("decoding the runtime options on stdin: {e}"))?;
+        let any = Any::parse_from_bytes(options)
+            .map_err(|e| Error::Invalid(format!("decoding the runtime options on stdin: {e}")))?;
         let opts = RuntimeOptions::from_any(Some(&any))?;
         // Echoed as podnet read them, as runc's shim does: a client sees what was understood.
         info.options = MessageField::some(opts.encode());
@@ -46,18 +48,19 @@ pub fn runtime_info(options: &[u8]) -> Result<RuntimeInfo, String> {
     ));
     let mut any = Any::new();
     any.type_url = FEATURES_TYPE_URL.to_string();
-    any.value = serde_json::to_vec(&features).map_err(|e| format!("serialising the runtime features: {e}"))?;
+    any.value =
+        serde_json::to_vec(&features).map_err(|e| Error::Internal(format!("serialising the runtime features: {e}")))?;
     info.features = MessageField::some(any);
     Ok(info)
 }
 
 /// Reads the options from `input` to its end and writes the serialised answer to `output`.
-pub fn run(input: &mut impl Read, output: &mut impl Write) -> Result<(), String> {
+pub fn run(input: &mut impl Read, output: &mut impl Write) -> Result<()> {
     let mut options = Vec::new();
-    input.read_to_end(&mut options).map_err(|e| format!("reading the runtime options on stdin: {e}"))?;
+    input.read_to_end(&mut options).map_err(|e| Error::io("reading the runtime options on stdin", e))?;
     let info = runtime_info(&options)?;
-    let bytes = info.write_to_bytes().map_err(|e| format!("encoding the runtime info: {e}"))?;
-    output.write_all(&bytes).and_then(|()| output.flush()).map_err(|e| format!("writing the runtime info: {e}"))
+    let bytes = info.write_to_bytes().map_err(|e| Error::Internal(format!("encoding the runtime info: {e}")))?;
+    output.write_all(&bytes).and_then(|()| output.flush()).map_err(|e| Error::io("writing the runtime info", e))
 }
 
 #[cfg(test)]
@@ -96,9 +99,9 @@ mod tests {
     fn runc_options_and_garbage_are_refused() {
         let mut runc = Any::new();
         runc.type_url = "containerd.runc.v1.Options".into();
-        let e = runtime_info(&runc.write_to_bytes().unwrap()).unwrap_err();
+        let e = runtime_info(&runc.write_to_bytes().unwrap()).unwrap_err().to_string();
         assert!(e.contains("containerd.runc.v1.Options"), "{e}");
-        let e = runtime_info(b"\xff\xff\xff").unwrap_err();
+        let e = runtime_info(b"\xff\xff\xff").unwrap_err().to_string();
         assert!(e.contains("stdin"), "{e}");
     }
 }

@@ -4,7 +4,7 @@
 //! Otherwise it is a containerd shim v2: `start`, `delete`, `-v`, `-info`, or (no action) the
 //! daemon that `start` spawns.
 use podnet_shim::config::Flags;
-use podnet_shim::{info, log, server, service, start};
+use podnet_shim::{info, log, pod_shim, server, service, start};
 
 fn main() {
     if cni_bridge::plugin::invoked_as_plugin() {
@@ -70,7 +70,7 @@ fn main() {
 }
 
 fn daemon(flags: Flags) -> i32 {
-    let listener = match start::inherited_listener() {
+    let listener = match pod_shim::inherited_listener() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("containerd-shim-podnet-v2: {e}");
@@ -93,7 +93,7 @@ fn daemon(flags: Flags) -> i32 {
     if let Some(path) = socket {
         // The listener is closed: unless a new shim for the pod already answers there, the
         // socket is ours to remove.
-        start::remove_dead_socket(&path);
+        pod_shim::remove_dead_socket(&path);
     }
     match result {
         Ok(()) => 0,

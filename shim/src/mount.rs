@@ -3,6 +3,8 @@
 use std::ffi::CString;
 use std::path::Path;
 
+use crate::error::{Error, Result};
+
 use containerd_shim_protos::types::mount::Mount;
 
 /// Mount flags from options; what is not a flag is filesystem data.
@@ -41,14 +43,14 @@ pub fn parse_options(options: &[String]) -> (libc::c_ulong, String) {
     (flags, data.join(","))
 }
 
-fn cstr(s: &str) -> Result<CString, String> {
-    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+fn cstr(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::Invalid(format!("{s:?} contains a NUL byte")))
 }
 
 /// Mounts `mounts` in order on `target` (created if missing). On failure, what was mounted is
 /// unmounted again.
-pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(target).map_err(|e| format!("creating {}: {e}", target.display()))?;
+pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
+    std::fs::create_dir_all(target).map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
     let tgt = cstr(&target.to_string_lossy())?;
     for (i, m) in mounts.iter().enumerate() {
         let (flags, data) = parse_options(&m.options);
@@ -89,12 +91,15 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<(), String> {
             for _ in 0..i {
                 unmount(target);
             }
-            return Err(format!(
-                "mounting the rootfs ({} {} on {}, options {:?}): {e}",
-                m.type_,
-                m.source,
-                target.display(),
-                m.options
+            return Err(Error::io(
+                format!(
+                    "mounting the rootfs ({} {} on {}, options {:?})",
+                    m.type_,
+                    m.source,
+                    target.display(),
+                    m.options
+                ),
+                e,
             ));
         }
     }

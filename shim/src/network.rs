@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
+use crate::error::{Error, Errors, Result};
 
 /// `"8080:80/tcp, 127.0.0.1:8443:443, 5353:53/udp"`: hostPort:containerPort[/protocol], with
 /// an optional host IP first (IPv6 in brackets).
@@ -44,35 +45,36 @@ impl NetRecord {
 
 /// The default network configuration: the first `*.conflist`, `*.conf` or `*.json` in
 /// `dir` by name, as libcni picks it.
-pub fn default_conflist(dir: &Path) -> Result<(PathBuf, Value), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("network config directory {}: {e}", dir.display()))?;
+pub fn default_conflist(dir: &Path) -> Result<(PathBuf, Value)> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::Invalid(format!("network config directory {}: {e}", dir.display())))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("conflist" | "conf" | "json")))
         .collect();
     files.sort();
-    let file = files
-        .into_iter()
-        .next()
-        .ok_or_else(|| format!("no network configuration (*.conflist, *.conf, *.json) in {}", dir.display()))?;
-    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: invalid JSON: {e}", file.display()))?;
+    let file = files.into_iter().next().ok_or_else(|| {
+        Error::Invalid(format!("no network configuration (*.conflist, *.conf, *.json) in {}", dir.display()))
+    })?;
+    let bytes = std::fs::read(&file).map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("{}: invalid JSON: {e}", file.display())))?;
     Ok((file, value))
 }
 
-fn parse_conflist(rec_file: &Path, conflist: &Value) -> Result<NetworkConfig, String> {
-    let bytes = serde_json::to_vec(conflist).map_err(|e| e.to_string())?;
-    NetworkConfig::parse(&bytes).map_err(|e| format!("{}: {}", rec_file.display(), e))
+fn parse_conflist(rec_file: &Path, conflist: &Value) -> Result<NetworkConfig> {
+    let bytes = serde_json::to_vec(conflist).map_err(|e| Error::Internal(format!("{}: {e}", rec_file.display())))?;
+    NetworkConfig::parse(&bytes).map_err(|e| Error::from(e).context(rec_file.display().to_string()))
 }
 
 /// Parses the ports annotation into CNI `portMappings`.
-pub fn parse_ports(spec: &str) -> Result<Vec<Value>, String> {
+pub fn parse_ports(spec: &str) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let bad = |why: &str| {
-            format!(
+            Error::Invalid(format!(
                 "annotation {PORTS_ANNOTATION}: {item:?}: {why} (want [hostIP:]hostPort:containerPort[/tcp|udp|sctp])"
-            )
+            ))
         };
         let (ports, proto) = match item.rsplit_once('/') {
             Some((p, proto)) => (p, proto.to_ascii_lowercase()),
@@ -96,7 +98,7 @@ pub fn parse_ports(spec: &str) -> Result<Vec<Value>, String> {
             ip.parse::<std::net::IpAddr>().map_err(|_| bad(&format!("{ip:?} is not an IP address")))?;
         }
         let (h, c) = rest.split_once(':').ok_or_else(|| bad("missing containerPort"))?;
-        let port = |s: &str, what: &str| -> Result<u16, String> {
+        let port = |s: &str, what: &str| -> Result<u16> {
             s.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad(&format!("{what} {s:?} is not a port number")))
         };
         let mut m =
@@ -107,6 +109,18 @@ pub fn parse_ports(spec: &str) -> Result<Vec<Value>, String> {
         out.push(m);
     }
     Ok(out)
+}
+
+fn netns_err(e: podnet_netns::Error) -> Error {
+    Error::Internal(e.to_string())
+}
+
+/// `err`, after removing the namespace at `netns`; a failure to remove it is reported with it.
+fn undo_netns(netns: &Path, err: Error) -> Error {
+    match podnet_netns::delete(netns) {
+        Ok(()) => err,
+        Err(ns) => Error::Many(vec![err, netns_err(ns)]),
+    }
 }
 
 /// The network namespace the shim makes for standalone pod `id`, under `netns_dir`.
@@ -126,10 +140,10 @@ fn pod_args(namespace: &str, id: &str) -> Vec<(String, String)> {
 
 /// Creates the pod's namespace and runs ADD of the default network in it. On failure nothing is
 /// left.
-pub fn setup(cfg: &Config, namespace: &str, id: &str, ports: &[Value]) -> Result<NetRecord, String> {
+pub fn setup(cfg: &Config, namespace: &str, id: &str, ports: &[Value]) -> Result<NetRecord> {
     let (conf_file, conflist) = default_conflist(&cfg.conf_dir)?;
     let net = parse_conflist(&conf_file, &conflist)?;
-    let ns = podnet_netns::NetNs::create(&netns_name(id), Some(&cfg.netns_dir)).map_err(|e| e.to_string())?;
+    let ns = podnet_netns::NetNs::create(&netns_name(id), Some(&cfg.netns_dir)).map_err(netns_err)?;
     let mut runtime_config = Map::new();
     if !ports.is_empty() {
         runtime_config.insert("portMappings".into(), Value::Array(ports.to_vec()));
@@ -148,12 +162,11 @@ pub fn setup(cfg: &Config, namespace: &str, id: &str, ports: &[Value]) -> Result
     // CRI brings lo up beside the pod's network; a standalone pod gets it here.
     let lo =
         NetworkConfig::parse(br#"{"cniVersion":"1.1.0","name":"podnet-loopback","plugins":[{"type":"loopback"}]}"#)
-            .map_err(|e| format!("loopback config: {e}"));
+            .map_err(|e| Error::from(e).context("loopback config"));
     if let Err(e) = lo.and_then(|lo| {
-        engine::add_network(&lo, &Request::new(id, "lo", Some(&rec.netns)), &Map::new()).map_err(|e| e.to_string())
+        engine::add_network(&lo, &Request::new(id, "lo", Some(&rec.netns)), &Map::new()).map_err(Error::from)
     }) {
-        let _ = podnet_netns::delete(&rec.netns);
-        return Err(format!("setting lo up in {}: {e}", rec.netns.display()));
+        return Err(undo_netns(&rec.netns, e.context(format!("setting lo up in {}", rec.netns.display()))));
     }
     let req = Request::new(id, &rec.ifname, Some(&rec.netns)).with_args(&rec.args);
     match engine::add_network(&net, &req, &rec.runtime_config) {
@@ -161,42 +174,37 @@ pub fn setup(cfg: &Config, namespace: &str, id: &str, ports: &[Value]) -> Result
             rec.result = result.to_json(&net.cni_version).ok();
             Ok(rec)
         }
-        Err(e) => {
-            let _ = podnet_netns::delete(&rec.netns);
-            Err(format!("network {:?} from {}: {}", net.name, rec.conf_file.display(), e))
-        }
+        Err(e) => Err(undo_netns(
+            &rec.netns,
+            Error::from(e).context(format!("network {:?} from {}", net.name, rec.conf_file.display())),
+        )),
     }
 }
 
 /// DEL of the network, then the namespace; both are tried, all failures are reported.
-pub fn teardown(rec: &NetRecord) -> Result<(), String> {
-    let mut errs = Vec::new();
+pub fn teardown(rec: &NetRecord) -> Result<()> {
+    let mut errs = Errors::new();
     match parse_conflist(&rec.conf_file, &rec.conflist) {
         Ok(net) => {
             let prev = rec.result.as_ref().and_then(|v| CniResult::from_json(v).ok());
             let netns = rec.netns.exists().then_some(rec.netns.as_path());
             let req = Request::new(&rec.container_id, &rec.ifname, netns).with_args(&rec.args);
-            if let Err(e) = engine::del_network(&net, &req, &rec.runtime_config, prev.as_ref()) {
-                errs.push(format!("DEL of network {:?}: {}", net.name, e));
-            }
+            errs.push(
+                engine::del_network(&net, &req, &rec.runtime_config, prev.as_ref())
+                    .map_err(|e| Error::from(e).context(format!("DEL of network {:?}", net.name))),
+            );
         }
-        Err(e) => errs.push(e),
+        Err(e) => errs.add(e),
     }
-    if let Err(e) = podnet_netns::delete(&rec.netns) {
-        errs.push(e.to_string());
-    }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(errs.join("; "))
-    }
+    errs.push(podnet_netns::delete(&rec.netns).map_err(netns_err));
+    errs.into_result()
 }
 
 /// The network of standalone pod `id` whose record is lost (unreadable): DEL of the default
 /// network, which finds the veth, the addresses and the rules from the engine's own attachment
 /// record (and is a no-op for a network the pod never joined), then the namespace
 /// `podnet-<id>`. Everything is tried; all failures are reported.
-pub fn teardown_unrecorded(cfg: &Config, namespace: &str, id: &str) -> Result<(), String> {
+pub fn teardown_unrecorded(cfg: &Config, namespace: &str, id: &str) -> Result<()> {
     let netns = cfg.netns_dir.join(netns_name(id));
     match default_conflist(&cfg.conf_dir) {
         Ok((conf_file, conflist)) => teardown(&NetRecord {
@@ -209,10 +217,7 @@ pub fn teardown_unrecorded(cfg: &Config, namespace: &str, id: &str) -> Result<()
             args: pod_args(namespace, id),
             result: None,
         }),
-        Err(e) => match podnet_netns::delete(&netns) {
-            Ok(()) => Err(e),
-            Err(ns) => Err(format!("{e}; {ns}")),
-        },
+        Err(e) => Err(undo_netns(&netns, e)),
     }
 }
 
@@ -229,7 +234,7 @@ mod tests {
         assert_eq!(p[3]["hostIP"], "::1");
         assert!(parse_ports("").unwrap().is_empty());
         for bad in ["80", "x:80", "80:0", "1:2:3:4", "80:80/icmp", "nothost:80:80", "[::1:80:80"] {
-            let e = parse_ports(bad).unwrap_err();
+            let e = parse_ports(bad).unwrap_err().to_string();
             assert!(e.contains(PORTS_ANNOTATION), "{bad}: {e}");
         }
     }
@@ -245,6 +250,6 @@ mod tests {
         assert!(f.ends_with("10-a.conf"));
         assert_eq!(v["name"], "a");
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(default_conflist(&dir).unwrap_err().contains(&dir.display().to_string()));
+        assert!(default_conflist(&dir).unwrap_err().to_string().contains(&dir.display().to_string()));
     }
 }

@@ -1,10 +1,9 @@
-//! The Task service (containerd.task.v2 and v3: same messages), backed by `podnet-runtime`,
-//! with the pod's standalone network. Runs on the shim's one thread: requests, exits and OOM
-//! notifications are handled in turn, so events leave in the order they happened.
-use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+//! The Task service (containerd.task.v2 and v3: same messages) and the pod network service,
+//! as the protocol edge: requests decoded, dispatched onto the task model (`task`) and the
+//! Create flow (`create`), replies encoded, events published, errors mapped to ttrpc codes.
+//! Runs on the shim's one thread: requests, exits and OOM notifications are handled in turn,
+//! so events leave in the order they happened.
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use containerd_shim_protos::events::task::{
@@ -12,164 +11,21 @@ use containerd_shim_protos::events::task::{
     TaskStart,
 };
 use containerd_shim_protos::shim::shim::*;
-use containerd_shim_protos::ttrpc::proto::Code;
-use containerd_shim_protos::types::task::{ProcessInfo, Status as TaskStatus};
-use podnet_runtime::oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process as OciProcess};
-use podnet_runtime::{Container, CreateOptions, ExecProcess, Exit, Runtime, Status, StdioConfig};
+use containerd_shim_protos::types::task::{ProcessInfo, Status as ProtoStatus};
+use podnet_runtime::oci_spec::runtime::{LinuxResources, Process as OciProcess};
+use podnet_runtime::{Exit, Runtime, Status, StdioConfig};
 use protobuf::well_known_types::empty::Empty;
 use protobuf::well_known_types::timestamp::Timestamp;
 use protobuf::{Message, MessageField};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
+use crate::bundle::{BundleSpec, BUNDLE_RECORD};
 use crate::config::{Config, Flags, RuntimeOptions};
+use crate::create::{self, CreateRequest};
+use crate::error::{Error, Errors, Result};
 use crate::events::{topics, Publisher};
-use crate::network::{self, NetRecord};
-use crate::oom::OomWatch;
+use crate::task::{exec_not_found, ExitEvent, ReplyTo, Task, TaskStatus, Tasks};
 use crate::ttrpc::RpcError;
-use crate::{metrics, mount};
-
-pub const ANN_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-pub const ANN_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-pub const ANN_RUNC_GROUP: &str = "io.containerd.runc.v2.group";
-/// podnet's own pod annotation: containers naming the same pod share one shim and the first
-/// one's namespaces.
-pub const ANN_POD: &str = "podnet.io/pod";
-/// What the shim records in each bundle, for `delete` after the shim is gone.
-pub const BUNDLE_RECORD: &str = "podnet.json";
-
-type RpcResult<T> = Result<T, RpcError>;
-
-/// How long an exit waits for a terminal's last output to be copied out: the shim's one thread
-/// must not wait on a terminal an escaped background process keeps open.
-const OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
-
-fn rpc(e: podnet_runtime::Error) -> RpcError {
-    use podnet_runtime::Error as E;
-    let code = match &e {
-        E::Spec { .. } | E::InvalidId(_) | E::Unsupported(..) => Code::INVALID_ARGUMENT,
-        E::AlreadyExists(_) => Code::ALREADY_EXISTS,
-        E::State { .. } | E::Exited { .. } => Code::FAILED_PRECONDITION,
-        _ => Code::UNKNOWN,
-    };
-    RpcError::new(code, e.to_string())
-}
-
-/// The pod-grouping key of a bundle's annotations (None: the container is its own pod).
-pub fn group_of(annotations: &serde_json::Map<String, Value>) -> Option<String> {
-    [ANN_SANDBOX_ID, ANN_RUNC_GROUP, ANN_POD]
-        .iter()
-        .find_map(|k| annotations.get(*k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from))
-}
-
-/// The parts of a bundle's config.json the shim looks at before the runtime reads it all.
-pub struct BundleSpec {
-    pub annotations: serde_json::Map<String, Value>,
-    /// (namespace type, has a path) for each namespace the spec lists.
-    pub namespaces: Vec<(String, bool)>,
-    /// `root.path` (relative to the bundle unless absolute) and `process.args[0]`.
-    pub root: Option<String>,
-    pub program: Option<String>,
-}
-
-impl BundleSpec {
-    pub fn read(bundle: &Path) -> Result<BundleSpec, String> {
-        let file = bundle.join("config.json");
-        let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: invalid JSON: {e}", file.display()))?;
-        let annotations = v.get("annotations").and_then(Value::as_object).cloned().unwrap_or_default();
-        let namespaces = v
-            .pointer("/linux/namespaces")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|n| {
-                        let t = n.get("type")?.as_str()?.to_string();
-                        let has_path = n.get("path").and_then(Value::as_str).is_some_and(|p| !p.is_empty());
-                        Some((t, has_path))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let string = |p: &str| v.pointer(p).and_then(Value::as_str).map(String::from);
-        Ok(BundleSpec { annotations, namespaces, root: string("/root/path"), program: string("/process/args/0") })
-    }
-
-    /// Whether the process's program is missing from the container's root (a pod sandbox
-    /// created without the pause image's rootfs): then the shim runs its own pause.
-    fn program_missing(&self, bundle: &Path) -> bool {
-        let (Some(root), Some(program)) = (&self.root, &self.program) else { return false };
-        let root = bundle.join(root);
-        // A bare name would be looked up in PATH: only absolute paths are checked.
-        program.starts_with('/') && root.join(program.trim_start_matches('/')).symlink_metadata().is_err()
-    }
-
-    fn annotation(&self, key: &str) -> Option<&str> {
-        self.annotations.get(key).and_then(Value::as_str)
-    }
-
-    /// Whether the spec asks for a new namespace of `kind` (listed, without a path).
-    pub fn wants_new(&self, kind: &str) -> bool {
-        self.namespaces.iter().any(|(t, p)| t == kind && !p)
-    }
-}
-
-/// The record in each bundle: where the runtime keeps the container, and the pod's network.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct BundleRecord {
-    pub runtime_root: PathBuf,
-    pub network: Option<NetRecord>,
-}
-
-impl BundleRecord {
-    pub fn write(&self, bundle: &Path) -> Result<(), String> {
-        let path = bundle.join(BUNDLE_RECORD);
-        let bytes = serde_json::to_vec(self).map_err(|e| e.to_string())?;
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))
-    }
-    /// None: the bundle has no record (the shim set nothing up for it). A record that cannot
-    /// be read is an error naming it, never "nothing there": the pod may still hold a network.
-    pub fn read(bundle: &Path) -> Result<Option<BundleRecord>, String> {
-        let path = bundle.join(BUNDLE_RECORD);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("bundle record {}: {e}", path.display())),
-        };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("bundle record {}: corrupt: {e}", path.display()))
-    }
-}
-
-struct ExecTask {
-    spec: OciProcess,
-    stdio: StdioConfig,
-    proc: Option<Arc<ExecProcess>>,
-    exit: Option<Exit>,
-}
-
-struct Task {
-    bundle: PathBuf,
-    pod: String,
-    sandbox: bool,
-    stdio: StdioConfig,
-    terminal: bool,
-    container: Container,
-    /// The init's exit, once reaped; `exit_sent` once TaskExit went out.
-    exit: Option<Exit>,
-    exit_sent: bool,
-    execs: BTreeMap<String, ExecTask>,
-    rootfs: Option<PathBuf>,
-    network: Option<NetRecord>,
-    oom: Option<OomWatch>,
-}
-
-/// A Wait whose process has not exited yet: answered when it does.
-pub struct Waiter {
-    pub conn: u64,
-    pub stream: u32,
-    id: String,
-    exec_id: String,
-}
+use crate::{metrics, mount, network};
 
 /// A reply to send later (a Wait).
 pub struct Deferred {
@@ -179,7 +35,7 @@ pub struct Deferred {
 }
 
 pub enum Reply {
-    Now(RpcResult<Vec<u8>>),
+    Now(Result<Vec<u8>, RpcError>),
     Later,
 }
 
@@ -187,9 +43,7 @@ pub struct Shim {
     flags: Flags,
     publisher: Publisher,
     runtime: Option<(PathBuf, Runtime)>,
-    tasks: BTreeMap<String, Task>,
-    waiters: Vec<Waiter>,
-    done: Vec<Deferred>,
+    tasks: Tasks,
     shutdown: bool,
     /// The pod attachments (container id, ifname) CRI's CNI calls set up through this shim.
     networks: std::collections::BTreeSet<(String, String)>,
@@ -211,27 +65,34 @@ fn path_str(p: &Option<PathBuf>) -> String {
     p.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
 }
 
-fn encode(m: &impl Message) -> RpcResult<Vec<u8>> {
-    m.write_to_bytes().map_err(|e| RpcError::internal(format!("encoding the reply: {e}")))
+fn proto_status(s: TaskStatus) -> ProtoStatus {
+    match s {
+        TaskStatus::Created => ProtoStatus::CREATED,
+        TaskStatus::Running => ProtoStatus::RUNNING,
+        TaskStatus::Paused => ProtoStatus::PAUSED,
+        TaskStatus::Stopped => ProtoStatus::STOPPED,
+    }
 }
 
-fn decode<M: Message>(payload: &[u8], method: &str) -> RpcResult<M> {
-    M::parse_from_bytes(payload).map_err(|e| RpcError::invalid(format!("{method}: malformed request: {e}")))
+fn encode(m: &impl Message) -> Result<Vec<u8>> {
+    m.write_to_bytes().map_err(|e| Error::Internal(format!("encoding the reply: {e}")))
+}
+
+fn decode<M: Message>(payload: &[u8], method: &str) -> Result<M> {
+    M::parse_from_bytes(payload).map_err(|e| Error::Invalid(format!("{method}: malformed request: {e}")))
+}
+
+fn wait_response(exit: Exit) -> WaitResponse {
+    let mut r = WaitResponse::new();
+    r.exit_status = exit.code as u32;
+    r.exited_at = ts(exit.at);
+    r
 }
 
 impl Shim {
     pub fn new(flags: Flags, ttrpc_address: &str) -> Shim {
         let publisher = Publisher::new(ttrpc_address, &flags.namespace);
-        Shim {
-            flags,
-            publisher,
-            runtime: None,
-            tasks: BTreeMap::new(),
-            waiters: Vec::new(),
-            done: Vec::new(),
-            shutdown: false,
-            networks: Default::default(),
-        }
+        Shim { flags, publisher, runtime: None, tasks: Tasks::default(), shutdown: false, networks: Default::default() }
     }
 
     /// Whether Shutdown may end the process: no task and no network left.
@@ -242,7 +103,7 @@ impl Shim {
     /// A CNI call the `podnet` plugin handed over (ADD, DEL or CHECK), run with the engine
     /// here. A shim left with neither a task nor a network (its pod's DEL went through, or the
     /// ADD that spawned it failed) ends.
-    pub fn network(&mut self, method: &str, payload: &[u8]) -> RpcResult<Vec<u8>> {
+    pub fn network(&mut self, method: &str, payload: &[u8]) -> Result<Vec<u8>, RpcError> {
         let (inv, outcome) = crate::cni::serve(method, payload)?;
         let (id, ifname) = inv.attachment();
         if outcome.exit_code == 0 {
@@ -271,12 +132,21 @@ impl Shim {
         self.shutdown
     }
 
+    /// The Wait replies that are ready.
     pub fn take_deferred(&mut self) -> Vec<Deferred> {
-        std::mem::take(&mut self.done)
+        self.tasks
+            .take_answered()
+            .into_iter()
+            .map(|(to, exit)| Deferred {
+                conn: to.conn,
+                stream: to.stream,
+                payload: crate::ttrpc::response(encode(&wait_response(exit)).map_err(RpcError::from)),
+            })
+            .collect()
     }
 
     pub fn forget_conn(&mut self, conn: u64) {
-        self.waiters.retain(|w| w.conn != conn);
+        self.tasks.forget_conn(conn);
     }
 
     pub fn events_pending(&self) -> bool {
@@ -289,34 +159,12 @@ impl Shim {
 
     /// The fds to poll besides the connections: running processes' pidfds and OOM watches.
     pub fn watch_fds(&self) -> Vec<i32> {
-        let mut fds = Vec::new();
-        for t in self.tasks.values() {
-            if t.exit.is_none() {
-                fds.push(t.container.init().as_fd().as_raw_fd());
-            }
-            for e in t.execs.values() {
-                if let (Some(p), None) = (&e.proc, &e.exit) {
-                    fds.push(p.process().as_fd().as_raw_fd());
-                }
-            }
-            if let Some(o) = &t.oom {
-                fds.push(o.fd());
-            }
-        }
-        fds
+        self.tasks.watch_fds()
     }
 
     /// After `fd` polled readable: OOM notifications. Exits are collected by [`Shim::reap`].
     pub fn on_ready(&mut self, fd: i32) {
-        let mut oom = Vec::new();
-        for (id, t) in self.tasks.iter_mut() {
-            if let Some(o) = t.oom.as_mut() {
-                if o.fd() == fd && o.fired() {
-                    oom.push(id.clone());
-                }
-            }
-        }
-        for id in oom {
+        for id in self.tasks.oom_fired(fd) {
             tracing::info!(id = %id, "OOM kill in the container's cgroup");
             let mut ev = TaskOOM::new();
             ev.container_id = id;
@@ -324,66 +172,28 @@ impl Shim {
         }
     }
 
-    /// Collects every exit that happened: execs first, then inits (whose exit waits until the
-    /// container's execs have all been reported), publishing TaskExit and answering Waits.
+    /// Collects every exit that happened and publishes them (TaskExit), answering Waits.
     pub fn reap(&mut self) {
-        let mut events = Vec::new();
-        for (id, t) in self.tasks.iter_mut() {
-            for (eid, e) in t.execs.iter_mut() {
-                if let (Some(p), None) = (&e.proc, &e.exit) {
-                    if let Ok(Some(exit)) = p.process().try_wait() {
-                        if p.io().has_terminal() {
-                            p.io().wait_output_for(OUTPUT_GRACE);
-                        }
-                        e.exit = Some(exit);
-                        events.push((id.clone(), eid.clone(), p.pid(), exit));
-                    }
-                }
-            }
-            if t.exit.is_none() {
-                if let Ok(Some(exit)) = t.container.init().try_wait() {
-                    t.exit = Some(exit);
-                } else if let Some(exit) = t.container.init().exit() {
-                    t.exit = Some(exit);
-                }
-            }
-            let execs_done = t.execs.values().all(|e| e.proc.is_none() || e.exit.is_some());
-            if let (Some(exit), false, true) = (t.exit, t.exit_sent, execs_done) {
-                if t.terminal {
-                    t.container.io().wait_output_for(OUTPUT_GRACE);
-                }
-                t.exit_sent = true;
-                events.push((id.clone(), String::new(), t.container.pid(), exit));
-            }
-        }
-        for (id, exec_id, pid, exit) in events {
-            tracing::debug!(id = %id, exec_id = %exec_id, code = exit.code, "process exited");
-            let mut ev = TaskExit::new();
-            ev.container_id = id.clone();
-            ev.id = if exec_id.is_empty() { id.clone() } else { exec_id.clone() };
-            ev.pid = pid as u32;
-            ev.exit_status = exit.code as u32;
-            ev.exited_at = ts(exit.at);
-            self.publisher.publish(topics::EXIT, &ev);
-            self.answer_waiters(&id, &exec_id, exit);
+        for ev in self.tasks.reap() {
+            self.publish_exit(&ev);
         }
     }
 
-    fn answer_waiters(&mut self, id: &str, exec_id: &str, exit: Exit) {
-        let mut resp = WaitResponse::new();
-        resp.exit_status = exit.code as u32;
-        resp.exited_at = ts(exit.at);
-        let payload = encode(&resp);
-        let (ready, rest): (Vec<Waiter>, Vec<Waiter>) =
-            std::mem::take(&mut self.waiters).into_iter().partition(|w| w.id == id && w.exec_id == exec_id);
-        self.waiters = rest;
-        for w in ready {
-            self.done.push(Deferred {
-                conn: w.conn,
-                stream: w.stream,
-                payload: crate::ttrpc::response(payload.clone()),
-            });
-        }
+    /// The tasks, after [`Shim::reap`].
+    fn reap_then(&mut self) -> &mut Tasks {
+        self.reap();
+        &mut self.tasks
+    }
+
+    fn publish_exit(&mut self, e: &ExitEvent) {
+        tracing::debug!(id = %e.id, exec_id = %e.exec_id, code = e.exit.code, "process exited");
+        let mut ev = TaskExit::new();
+        ev.container_id = e.id.clone();
+        ev.id = if e.exec_id.is_empty() { e.id.clone() } else { e.exec_id.clone() };
+        ev.pid = e.pid as u32;
+        ev.exit_status = e.exit.code as u32;
+        ev.exited_at = ts(e.exit.at);
+        self.publisher.publish(topics::EXIT, &ev);
     }
 
     /// One request. `conn`/`stream` identify it for a deferred reply.
@@ -401,18 +211,17 @@ impl Shim {
             "Resume" => {
                 decode(payload, method).and_then(|r: ResumeRequest| self.pause(&r.id, false)).and_then(|m| encode(&m))
             }
-            "Checkpoint" => Err(RpcError::new(
-                Code::UNIMPLEMENTED,
-                "checkpoint is not implemented by the podnet shim (no CRIU support)",
-            )),
+            "Checkpoint" => {
+                Err(Error::Unimplemented("checkpoint is not implemented by the podnet shim (no CRIU support)".into()))
+            }
             "Kill" => decode(payload, method).and_then(|r| self.kill(r)).and_then(|m| encode(&m)),
             "Exec" => decode(payload, method).and_then(|r| self.exec(r)).and_then(|m| encode(&m)),
             "ResizePty" => decode(payload, method).and_then(|r| self.resize(r)).and_then(|m| encode(&m)),
             "CloseIO" => decode(payload, method).and_then(|r| self.close_io(r)).and_then(|m| encode(&m)),
             "Update" => decode(payload, method).and_then(|r| self.update(r)).and_then(|m| encode(&m)),
             "Wait" => match decode::<WaitRequest>(payload, method) {
-                Ok(r) => match self.wait(r, conn, stream) {
-                    Ok(Some(m)) => encode(&m),
+                Ok(r) => match self.reap_then().wait(&r.id, &r.exec_id, ReplyTo { conn, stream }) {
+                    Ok(Some(exit)) => encode(&wait_response(exit)),
                     Ok(None) => return Reply::Later,
                     Err(e) => Err(e),
                 },
@@ -421,166 +230,61 @@ impl Shim {
             "Stats" => decode(payload, method).and_then(|r| self.stats(r)).and_then(|m| encode(&m)),
             "Connect" => decode(payload, method).and_then(|r| self.connect(r)).and_then(|m| encode(&m)),
             "Shutdown" => decode(payload, method).and_then(|r| self.shutdown(r)).and_then(|m| encode(&m)),
-            other => Err(RpcError::new(Code::UNIMPLEMENTED, format!("method {other} is not implemented"))),
+            other => Err(Error::Unimplemented(format!("method {other} is not implemented"))),
         };
         if let Err(e) = &r {
-            tracing::warn!(method, "request failed: {}", e.message);
+            tracing::warn!(method, "request failed: {e}");
         }
-        Reply::Now(r)
+        Reply::Now(r.map_err(RpcError::from))
     }
 
-    fn task(&self, id: &str) -> RpcResult<&Task> {
-        self.tasks.get(id).ok_or_else(|| RpcError::not_found(format!("task {id:?} not found")))
-    }
-
-    fn task_mut(&mut self, id: &str) -> RpcResult<&mut Task> {
-        self.tasks.get_mut(id).ok_or_else(|| RpcError::not_found(format!("task {id:?} not found")))
-    }
-
-    fn runtime_for(&mut self, cfg: &Config) -> RpcResult<(PathBuf, &Runtime)> {
+    fn runtime_for(&mut self, cfg: &Config) -> Result<(PathBuf, &Runtime)> {
         if self.runtime.is_none() {
             let root = cfg.state_dir.join("runtime").join(&self.flags.namespace);
-            let rt = Runtime::new(&root).map_err(rpc)?;
+            let rt = Runtime::new(&root)?;
             self.runtime = Some((root, rt));
         }
         match &self.runtime {
             Some((root, rt)) => Ok((root.clone(), rt)),
-            None => Err(RpcError::internal("no runtime")),
+            None => Err(Error::Internal("no runtime".into())),
         }
     }
 
-    fn create(&mut self, req: CreateTaskRequest) -> RpcResult<CreateTaskResponse> {
+    fn runtime(&self, id: &str) -> Result<&Runtime> {
+        match &self.runtime {
+            Some((_, rt)) => Ok(rt),
+            None => Err(Error::NotFound(format!("task {id:?} not found"))),
+        }
+    }
+
+    fn create(&mut self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         let id = req.id.clone();
-        if self.tasks.contains_key(&id) {
-            return Err(RpcError::new(Code::ALREADY_EXISTS, format!("task {id:?} already exists")));
+        if self.tasks.contains(&id) {
+            return Err(Error::AlreadyExists(format!("task {id:?} already exists")));
         }
         if !req.checkpoint.is_empty() {
-            return Err(RpcError::new(
-                Code::UNIMPLEMENTED,
-                "restoring from a checkpoint is not implemented by the podnet shim",
+            return Err(Error::Unimplemented(
+                "restoring from a checkpoint is not implemented by the podnet shim".into(),
             ));
         }
-        let opts = RuntimeOptions::from_any(req.options.as_ref()).map_err(RpcError::invalid)?;
-        let cfg = Config::for_options(&opts).map_err(RpcError::invalid)?;
+        let opts = RuntimeOptions::from_any(req.options.as_ref())?;
+        let cfg = Config::for_options(&opts)?;
         let bundle = PathBuf::from(&req.bundle);
-        crate::log::adopt(&bundle);
-        let spec = BundleSpec::read(&bundle).map_err(RpcError::invalid)?;
-        let pod = group_of(&spec.annotations).unwrap_or_else(|| id.clone());
+        let spec = BundleSpec::read(&bundle)?;
         self.reap();
-        let sandbox_of_pod =
-            self.tasks.iter().find(|(_, t)| t.pod == pod && t.sandbox).map(|(k, t)| (k.clone(), t.exit.is_some()));
-        let sandbox = match spec.annotation(ANN_CONTAINER_TYPE) {
-            Some("sandbox") => true,
-            Some("container") => false,
-            _ => sandbox_of_pod.is_none(),
+        self.runtime_for(&cfg)?;
+        let Some((root, runtime)) = &self.runtime else { return Err(Error::Internal("no runtime".into())) };
+        let create_req = CreateRequest {
+            id: &id,
+            bundle,
+            rootfs: &req.rootfs,
+            stdio: stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal),
+            terminal: req.terminal,
+            namespace: &self.flags.namespace,
         };
-        if let (false, Some((sid, true))) = (sandbox, &sandbox_of_pod) {
-            return Err(RpcError::precondition(format!(
-                "cannot join pod {pod:?}: its sandbox container {sid:?} has exited (delete it to start the pod anew)"
-            )));
-        }
-        let sandbox_of_pod = sandbox_of_pod.map(|(sid, _)| sid);
-        let ports = match spec.annotation(network::PORTS_ANNOTATION) {
-            Some(p) => network::parse_ports(p).map_err(RpcError::invalid)?,
-            None => Vec::new(),
-        };
-        let (runtime_root, _) = self.runtime_for(&cfg)?;
-
-        // From here on, every step undoes the ones before it on failure.
-        let rootfs = if req.rootfs.is_empty() {
-            None
-        } else {
-            let target = bundle.join("rootfs");
-            mount::mount_all(&req.rootfs, &target).map_err(RpcError::internal)?;
-            Some(target)
-        };
-        let undo_rootfs = |rootfs: &Option<PathBuf>| {
-            if let Some(t) = rootfs {
-                mount::unmount(t);
-            }
-        };
-        let mut record = BundleRecord { runtime_root, network: None };
-        let mut join = None;
-        if sandbox {
-            if spec.wants_new("network") {
-                match network::setup(&cfg, &self.flags.namespace, &id, &ports) {
-                    Ok(rec) => {
-                        tracing::info!(id = %id, ip = ?rec.ip(), "pod network set up");
-                        record.network = Some(rec);
-                    }
-                    Err(e) => {
-                        undo_rootfs(&rootfs);
-                        return Err(RpcError::precondition(format!("setting up the pod network: {e}")));
-                    }
-                }
-            }
-        } else if let Some(sid) = &sandbox_of_pod {
-            let kinds: Vec<LinuxNamespaceType> = [
-                ("network", LinuxNamespaceType::Network),
-                ("ipc", LinuxNamespaceType::Ipc),
-                ("uts", LinuxNamespaceType::Uts),
-            ]
-            .into_iter()
-            .filter(|(name, _)| spec.wants_new(name))
-            .map(|(_, k)| k)
-            .collect();
-            if !kinds.is_empty() {
-                join = self.tasks.get(sid).map(|t| t.container.join_handle(&kinds));
-            }
-        } else if spec.annotation(ANN_CONTAINER_TYPE) == Some("container") && group_of(&spec.annotations).is_none() {
-            undo_rootfs(&rootfs);
-            return Err(RpcError::invalid(format!("container {id:?} is of type container but names no sandbox")));
-        }
-        let undo_network = |record: &BundleRecord| {
-            if let Some(rec) = &record.network {
-                if let Err(e) = network::teardown(rec) {
-                    tracing::warn!("releasing the pod network after a failed create: {e}");
-                }
-            }
-        };
-        if let Err(e) = record.write(&bundle) {
-            undo_network(&record);
-            undo_rootfs(&rootfs);
-            return Err(RpcError::internal(e));
-        }
-        let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
-        // CRI's sandbox runs the pinned pause image's /pause when the rootfs has it, and the
-        // embedded pause otherwise: the image is accepted, not required.
-        let embedded_pause = spec.annotation(ANN_CONTAINER_TYPE) == Some("sandbox") && spec.program_missing(&bundle);
-        if embedded_pause {
-            tracing::info!(id = %id, "the sandbox's rootfs has no {:?}: running the embedded pause", spec.program);
-        }
-        let opts = CreateOptions {
-            stdio: stdio.clone(),
-            sandbox: join,
-            netns: record.network.as_ref().map(|n| n.netns.clone()),
-            embedded_pause,
-            systemd_cgroup: cfg.systemd_cgroup,
-        };
-        let created = match &self.runtime {
-            Some((_, rt)) => rt.create(&id, &bundle, opts).map_err(rpc),
-            None => Err(RpcError::internal("no runtime")),
-        };
-        let container = match created {
-            Ok(c) => c,
-            Err(e) => {
-                undo_network(&record);
-                undo_rootfs(&rootfs);
-                let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD));
-                return Err(e);
-            }
-        };
-        for w in container.warnings() {
-            tracing::warn!(id = %id, "{w}");
-        }
-        let oom = match OomWatch::new(container.cgroup_dir()) {
-            Ok(o) => Some(o),
-            Err(e) => {
-                tracing::warn!(id = %id, "no OOM notifications: {e}");
-                None
-            }
-        };
-        let pid = container.pid();
+        let task = create::create(&self.tasks, (root, runtime), &cfg, spec, create_req)?;
+        let pid = task.container.pid();
+        let sandbox = task.sandbox;
         let mut ev = TaskCreate::new();
         ev.container_id = id.clone();
         ev.bundle = req.bundle.clone();
@@ -592,23 +296,7 @@ impl Shim {
         io.terminal = req.terminal;
         ev.io = Some(io).into();
         ev.pid = pid as u32;
-        self.tasks.insert(
-            id.clone(),
-            Task {
-                bundle,
-                pod,
-                sandbox,
-                stdio,
-                terminal: req.terminal,
-                container,
-                exit: None,
-                exit_sent: false,
-                execs: BTreeMap::new(),
-                rootfs,
-                network: record.network,
-                oom,
-            },
-        );
+        self.tasks.insert(id.clone(), task);
         tracing::info!(id = %id, pid, sandbox, "task created");
         self.publisher.publish(topics::CREATE, &ev);
         let mut resp = CreateTaskResponse::new();
@@ -616,32 +304,24 @@ impl Shim {
         Ok(resp)
     }
 
-    fn start(&mut self, req: StartRequest) -> RpcResult<StartResponse> {
-        let rt = match &self.runtime {
-            Some((_, rt)) => rt,
-            None => return Err(RpcError::not_found(format!("task {:?} not found", req.id))),
-        };
-        let t =
-            self.tasks.get_mut(&req.id).ok_or_else(|| RpcError::not_found(format!("task {:?} not found", req.id)))?;
+    fn start(&mut self, req: StartRequest) -> Result<StartResponse> {
+        let rt = self.runtime(&req.id)?;
+        let t = self.tasks.get(&req.id)?;
         let mut resp = StartResponse::new();
         if req.exec_id.is_empty() {
-            t.container.start().map_err(rpc)?;
+            t.container.start()?;
             resp.pid = t.container.pid() as u32;
             let mut ev = TaskStart::new();
             ev.container_id = req.id.clone();
             ev.pid = resp.pid;
             self.publisher.publish(topics::START, &ev);
         } else {
-            let e = t
-                .execs
-                .get_mut(&req.exec_id)
-                .ok_or_else(|| RpcError::not_found(format!("exec {:?} of task {:?} not found", req.exec_id, req.id)))?;
-            if e.proc.is_some() {
-                return Err(RpcError::precondition(format!("exec {:?} was already started", req.exec_id)));
+            let e = t.container.exec_info(&req.exec_id).ok_or_else(|| exec_not_found(&req.id, &req.exec_id))?;
+            if e.process.is_some() {
+                return Err(Error::Precondition(format!("exec {:?} was already started", req.exec_id)));
             }
-            let p = t.container.exec(&req.exec_id, &e.spec, e.stdio.clone(), rt).map_err(rpc)?;
+            let p = t.container.start_exec(&req.exec_id, rt)?;
             resp.pid = p.pid() as u32;
-            e.proc = Some(p);
             let mut ev = TaskExecStarted::new();
             ev.container_id = req.id.clone();
             ev.exec_id = req.exec_id.clone();
@@ -651,77 +331,39 @@ impl Shim {
         Ok(resp)
     }
 
-    fn delete(&mut self, req: DeleteRequest) -> RpcResult<DeleteResponse> {
+    fn delete(&mut self, req: DeleteRequest) -> Result<DeleteResponse> {
         let mut resp = DeleteResponse::new();
         if !req.exec_id.is_empty() {
-            let t = self.task_mut(&req.id)?;
-            let e = t
-                .execs
-                .get(&req.exec_id)
-                .ok_or_else(|| RpcError::not_found(format!("exec {:?} of task {:?} not found", req.exec_id, req.id)))?;
-            match (&e.proc, &e.exit) {
-                (Some(_), None) => {
-                    return Err(RpcError::precondition(format!("exec {:?} is still running", req.exec_id)))
-                }
+            let t = self.tasks.get(&req.id)?;
+            let e = t.container.exec_info(&req.exec_id).ok_or_else(|| exec_not_found(&req.id, &req.exec_id))?;
+            match (&e.process, e.reported) {
+                (Some(_), None) => return Err(Error::Precondition(format!("exec {:?} is still running", req.exec_id))),
                 (Some(p), Some(exit)) => {
                     resp.pid = p.pid() as u32;
                     resp.exit_status = exit.code as u32;
                     resp.exited_at = ts(exit.at);
-                    let _ = t.container.remove_exec(&req.exec_id);
                 }
                 (None, _) => {}
             }
-            t.execs.remove(&req.exec_id);
+            t.container.remove_exec(&req.exec_id)?;
             return Ok(resp);
         }
-        let t = self.task(&req.id)?;
+        let t = self.tasks.get(&req.id)?;
         let status = t.container.status();
         if matches!(status, Status::Running | Status::Paused) && t.exit.is_none() {
-            return Err(RpcError::precondition(format!("cannot delete task {:?}: it is {}", req.id, status.as_str())));
+            return Err(Error::Precondition(format!("cannot delete task {:?}: it is {}", req.id, status.as_str())));
         }
-        let Some(mut t) = self.tasks.remove(&req.id) else {
-            return Err(RpcError::not_found(format!("task {:?} not found", req.id)));
-        };
-        t.oom = None;
-        let mut errs = Vec::new();
-        let exit = match t.container.delete() {
-            Ok(exit) => exit,
-            Err(e) => {
-                errs.push(e.to_string());
-                t.exit.unwrap_or(Exit { code: 128 + libc::SIGKILL, signal: Some(libc::SIGKILL), at: SystemTime::now() })
-            }
-        };
-        if let Some(rootfs) = &t.rootfs {
-            mount::unmount(rootfs);
-        }
-        if let Some(rec) = t.network.take() {
-            match network::teardown(&rec) {
-                Ok(()) => tracing::info!(id = %req.id, "pod network released"),
-                Err(e) => errs.push(format!("releasing the pod network: {e}")),
-            }
-        }
-        if errs.is_empty() {
-            let _ = std::fs::remove_file(t.bundle.join(BUNDLE_RECORD));
-        }
-        resp.pid = t.container.pid() as u32;
-        resp.exit_status = exit.code as u32;
-        resp.exited_at = ts(exit.at);
+        let t = self.tasks.remove(&req.id)?;
+        let (owed, errs) = teardown(t, &req.id, &mut resp);
         // A task whose exit was not reported yet (created, never ran) still owes containerd
-        // its exit.
-        if !t.exit_sent {
-            let mut ev = TaskExit::new();
-            ev.container_id = req.id.clone();
-            ev.id = req.id.clone();
-            ev.pid = resp.pid;
-            ev.exit_status = resp.exit_status;
-            ev.exited_at = resp.exited_at.clone();
-            self.publisher.publish(topics::EXIT, &ev);
-            self.answer_waiters(&req.id, "", exit);
+        // its exit; the Waits on its execs that never reported one are answered with it.
+        let Teardown { exit, exit_sent, pending_execs } = owed;
+        if !exit_sent {
+            self.publish_exit(&ExitEvent { id: req.id.clone(), exec_id: String::new(), pid: resp.pid as i32, exit });
+            self.tasks.answer(&req.id, "", exit);
         }
-        for (eid, e) in &t.execs {
-            if e.exit.is_none() {
-                self.answer_waiters(&req.id, eid, exit);
-            }
+        for eid in pending_execs {
+            self.tasks.answer(&req.id, &eid, exit);
         }
         let mut ev = TaskDelete::new();
         ev.container_id = req.id.clone();
@@ -730,66 +372,34 @@ impl Shim {
         ev.exited_at = resp.exited_at.clone();
         self.publisher.publish(topics::DELETE, &ev);
         tracing::info!(id = %req.id, "task deleted");
-        if errs.is_empty() {
-            Ok(resp)
-        } else {
-            Err(RpcError::new(Code::UNKNOWN, format!("deleting task {:?}: {}", req.id, errs.join("; "))))
-        }
+        errs.into_result().map_err(|e| e.context(format!("deleting task {:?}", req.id)))?;
+        Ok(resp)
     }
 
-    fn state(&mut self, req: StateRequest) -> RpcResult<StateResponse> {
+    fn state(&mut self, req: StateRequest) -> Result<StateResponse> {
         self.reap();
-        let t = self.task(&req.id)?;
+        let s = self.tasks.state(&req.id, &req.exec_id)?;
+        let t = self.tasks.get(&req.id)?;
         let mut r = StateResponse::new();
         r.id = req.id.clone();
         r.bundle = t.bundle.display().to_string();
-        if req.exec_id.is_empty() {
-            r.pid = t.container.pid() as u32;
-            r.status = match (t.exit, t.container.status()) {
-                (Some(_), _) | (_, Status::Stopped) => TaskStatus::STOPPED,
-                (_, Status::Created) => TaskStatus::CREATED,
-                (_, Status::Running) => TaskStatus::RUNNING,
-                (_, Status::Paused) => TaskStatus::PAUSED,
-            }
-            .into();
-            r.stdin = path_str(&t.stdio.stdin);
-            r.stdout = path_str(&t.stdio.stdout);
-            r.stderr = path_str(&t.stdio.stderr);
-            r.terminal = t.terminal;
-            if let Some(exit) = t.exit {
-                r.exit_status = exit.code as u32;
-                r.exited_at = ts(exit.at);
-            }
-        } else {
-            let e = t
-                .execs
-                .get(&req.exec_id)
-                .ok_or_else(|| RpcError::not_found(format!("exec {:?} of task {:?} not found", req.exec_id, req.id)))?;
-            r.exec_id = req.exec_id.clone();
-            r.stdin = path_str(&e.stdio.stdin);
-            r.stdout = path_str(&e.stdio.stdout);
-            r.stderr = path_str(&e.stdio.stderr);
-            r.terminal = e.stdio.terminal;
-            r.status = match (&e.proc, &e.exit) {
-                (None, _) => TaskStatus::CREATED,
-                (Some(_), None) => TaskStatus::RUNNING,
-                (Some(_), Some(_)) => TaskStatus::STOPPED,
-            }
-            .into();
-            if let Some(p) = &e.proc {
-                r.pid = p.pid() as u32;
-            }
-            if let Some(exit) = e.exit {
-                r.exit_status = exit.code as u32;
-                r.exited_at = ts(exit.at);
-            }
+        r.exec_id = req.exec_id.clone();
+        r.pid = s.pid as u32;
+        r.status = proto_status(s.status).into();
+        r.stdin = path_str(&s.stdio.stdin);
+        r.stdout = path_str(&s.stdio.stdout);
+        r.stderr = path_str(&s.stdio.stderr);
+        r.terminal = s.terminal;
+        if let Some(exit) = s.exit {
+            r.exit_status = exit.code as u32;
+            r.exited_at = ts(exit.at);
         }
         Ok(r)
     }
 
-    fn pids(&mut self, req: PidsRequest) -> RpcResult<PidsResponse> {
-        let t = self.task(&req.id)?;
-        let pids = t.container.pids().map_err(rpc)?;
+    fn pids(&mut self, req: PidsRequest) -> Result<PidsResponse> {
+        let t = self.tasks.get(&req.id)?;
+        let pids = t.container.pids()?;
         let mut r = PidsResponse::new();
         for pid in pids {
             let mut p = ProcessInfo::new();
@@ -799,15 +409,15 @@ impl Shim {
         Ok(r)
     }
 
-    fn pause(&mut self, id: &str, pause: bool) -> RpcResult<Empty> {
-        let t = self.task(id)?;
+    fn pause(&mut self, id: &str, pause: bool) -> Result<Empty> {
+        let t = self.tasks.get(id)?;
         if pause {
-            t.container.pause().map_err(rpc)?;
+            t.container.pause()?;
             let mut ev = TaskPaused::new();
             ev.container_id = id.to_string();
             self.publisher.publish(topics::PAUSED, &ev);
         } else {
-            t.container.resume().map_err(rpc)?;
+            t.container.resume()?;
             let mut ev = TaskResumed::new();
             ev.container_id = id.to_string();
             self.publisher.publish(topics::RESUMED, &ev);
@@ -815,49 +425,43 @@ impl Shim {
         Ok(Empty::new())
     }
 
-    fn kill(&mut self, req: KillRequest) -> RpcResult<Empty> {
+    fn kill(&mut self, req: KillRequest) -> Result<Empty> {
         self.reap();
-        let t = self.task(&req.id)?;
+        let t = self.tasks.get(&req.id)?;
         let signal = req.signal as i32;
         if req.exec_id.is_empty() {
             if t.exit.is_some() && !req.all {
-                return Err(RpcError::not_found(format!("process {:?} already finished", req.id)));
+                return Err(Error::NotFound(format!("process {:?} already finished", req.id)));
             }
-            t.container.kill(signal, req.all).map_err(rpc)?;
+            t.container.kill(signal, req.all)?;
         } else {
-            let e = t
-                .execs
-                .get(&req.exec_id)
-                .ok_or_else(|| RpcError::not_found(format!("exec {:?} of task {:?} not found", req.exec_id, req.id)))?;
-            match (&e.proc, &e.exit) {
+            let e = t.container.exec_info(&req.exec_id).ok_or_else(|| exec_not_found(&req.id, &req.exec_id))?;
+            match (&e.process, e.reported) {
                 (Some(p), None) => p
                     .process()
                     .signal(signal)
-                    .map_err(|err| RpcError::internal(format!("signalling exec {:?}: {err}", req.exec_id)))?,
+                    .map_err(|err| Error::Internal(format!("signalling exec {:?}: {err}", req.exec_id)))?,
                 (Some(_), Some(_)) => {
-                    return Err(RpcError::not_found(format!("process {:?} already finished", req.exec_id)))
+                    return Err(Error::NotFound(format!("process {:?} already finished", req.exec_id)))
                 }
-                (None, _) => return Err(RpcError::precondition(format!("exec {:?} was not started", req.exec_id))),
+                (None, _) => return Err(Error::Precondition(format!("exec {:?} was not started", req.exec_id))),
             }
         }
         Ok(Empty::new())
     }
 
-    fn exec(&mut self, req: ExecProcessRequest) -> RpcResult<Empty> {
-        let t = self.task_mut(&req.id)?;
-        if t.execs.contains_key(&req.exec_id) {
-            return Err(RpcError::new(Code::ALREADY_EXISTS, format!("exec {:?} already exists", req.exec_id)));
+    fn exec(&mut self, req: ExecProcessRequest) -> Result<Empty> {
+        let t = self.tasks.get(&req.id)?;
+        if t.container.exec_info(&req.exec_id).is_some() {
+            return Err(Error::AlreadyExists(format!("exec {:?} already exists", req.exec_id)));
         }
         if t.exit.is_some() {
-            return Err(RpcError::precondition(format!("task {:?} has exited", req.id)));
+            return Err(Error::Precondition(format!("task {:?} has exited", req.id)));
         }
         let spec: OciProcess = serde_json::from_slice(&req.spec.value)
-            .map_err(|e| RpcError::invalid(format!("exec {:?}: process spec: {e}", req.exec_id)))?;
+            .map_err(|e| Error::Invalid(format!("exec {:?}: process spec: {e}", req.exec_id)))?;
         let terminal = req.terminal || spec.terminal().unwrap_or(false);
-        t.execs.insert(
-            req.exec_id.clone(),
-            ExecTask { spec, stdio: stdio_of(&req.stdin, &req.stdout, &req.stderr, terminal), proc: None, exit: None },
-        );
+        t.container.add_exec(&req.exec_id, &spec, stdio_of(&req.stdin, &req.stdout, &req.stderr, terminal))?;
         let mut ev = TaskExecAdded::new();
         ev.container_id = req.id.clone();
         ev.exec_id = req.exec_id.clone();
@@ -865,88 +469,62 @@ impl Shim {
         Ok(Empty::new())
     }
 
-    fn io_of<'a>(t: &'a Task, id: &str, exec_id: &str) -> RpcResult<&'a podnet_runtime::Io> {
+    /// The stdio of the init (`exec_id` empty) or of a started exec.
+    fn with_io<T>(&self, id: &str, exec_id: &str, f: impl FnOnce(&podnet_runtime::Io) -> Result<T>) -> Result<T> {
+        let t = self.tasks.get(id)?;
         if exec_id.is_empty() {
-            return Ok(t.container.io());
+            return f(t.container.io());
         }
-        match t.execs.get(exec_id).and_then(|e| e.proc.as_ref()) {
-            Some(p) => Ok(p.io()),
-            None => Err(RpcError::not_found(format!("exec {exec_id:?} of task {id:?} not found or not started"))),
+        match t.container.exec_process(exec_id) {
+            Some(p) => f(p.io()),
+            None => Err(Error::NotFound(format!("exec {exec_id:?} of task {id:?} not found or not started"))),
         }
     }
 
-    fn resize(&mut self, req: ResizePtyRequest) -> RpcResult<Empty> {
-        let t = self.task(&req.id)?;
-        let io = Self::io_of(t, &req.id, &req.exec_id)?;
-        io.resize(req.width.min(u16::MAX as u32) as u16, req.height.min(u16::MAX as u32) as u16).map_err(rpc)?;
+    fn resize(&mut self, req: ResizePtyRequest) -> Result<Empty> {
+        let (w, h) = (req.width.min(u16::MAX as u32) as u16, req.height.min(u16::MAX as u32) as u16);
+        self.with_io(&req.id, &req.exec_id, |io| io.resize(w, h).map_err(Error::from))?;
         Ok(Empty::new())
     }
 
-    fn close_io(&mut self, req: CloseIORequest) -> RpcResult<Empty> {
-        let t = self.task(&req.id)?;
+    fn close_io(&mut self, req: CloseIORequest) -> Result<Empty> {
+        self.tasks.get(&req.id)?;
         if req.stdin {
-            Self::io_of(t, &req.id, &req.exec_id)?.close_stdin();
+            self.with_io(&req.id, &req.exec_id, |io| {
+                io.close_stdin();
+                Ok(())
+            })?;
         }
         Ok(Empty::new())
     }
 
-    fn update(&mut self, req: UpdateTaskRequest) -> RpcResult<Empty> {
-        let t = self.task(&req.id)?;
+    fn update(&mut self, req: UpdateTaskRequest) -> Result<Empty> {
+        let t = self.tasks.get(&req.id)?;
         let resources: LinuxResources = serde_json::from_slice(&req.resources.value).map_err(|e| {
-            RpcError::invalid(format!("update of {:?}: resources ({}): {e}", req.id, req.resources.type_url))
+            Error::Invalid(format!("update of {:?}: resources ({}): {e}", req.id, req.resources.type_url))
         })?;
-        t.container.update(&resources).map_err(rpc)?;
+        t.container.update(&resources)?;
         Ok(Empty::new())
     }
 
-    fn wait(&mut self, req: WaitRequest, conn: u64, stream: u32) -> RpcResult<Option<WaitResponse>> {
-        self.reap();
-        let t = self.task(&req.id)?;
-        let exit = if req.exec_id.is_empty() {
-            if t.exit_sent {
-                t.exit
-            } else {
-                None
-            }
-        } else {
-            let e = t
-                .execs
-                .get(&req.exec_id)
-                .ok_or_else(|| RpcError::not_found(format!("exec {:?} of task {:?} not found", req.exec_id, req.id)))?;
-            e.exit
-        };
-        match exit {
-            Some(exit) => {
-                let mut r = WaitResponse::new();
-                r.exit_status = exit.code as u32;
-                r.exited_at = ts(exit.at);
-                Ok(Some(r))
-            }
-            None => {
-                self.waiters.push(Waiter { conn, stream, id: req.id, exec_id: req.exec_id });
-                Ok(None)
-            }
-        }
-    }
-
-    fn stats(&mut self, req: StatsRequest) -> RpcResult<StatsResponse> {
-        let t = self.task(&req.id)?;
-        let stats = t.container.stats().map_err(rpc)?;
+    fn stats(&mut self, req: StatsRequest) -> Result<StatsResponse> {
+        let t = self.tasks.get(&req.id)?;
+        let stats = t.container.stats()?;
         let mut r = StatsResponse::new();
-        let any = metrics::to_any(&stats).map_err(|e| RpcError::internal(format!("encoding the metrics: {e}")))?;
+        let any = metrics::to_any(&stats).map_err(|e| Error::Internal(format!("encoding the metrics: {e}")))?;
         r.stats = Some(any).into();
         Ok(r)
     }
 
-    fn connect(&mut self, req: ConnectRequest) -> RpcResult<ConnectResponse> {
+    fn connect(&mut self, req: ConnectRequest) -> Result<ConnectResponse> {
         let mut r = ConnectResponse::new();
         r.shim_pid = std::process::id();
-        r.task_pid = self.tasks.get(&req.id).map(|t| t.container.pid() as u32).unwrap_or(0);
+        r.task_pid = self.tasks.pid_of(&req.id).unwrap_or(0) as u32;
         r.version = env!("CARGO_PKG_VERSION").to_string();
         Ok(r)
     }
 
-    fn shutdown(&mut self, _req: ShutdownRequest) -> RpcResult<Empty> {
+    fn shutdown(&mut self, _req: ShutdownRequest) -> Result<Empty> {
         // containerd may send Shutdown after each task it deletes: only the last one counts.
         if self.idle() {
             self.shutdown = true;
@@ -959,4 +537,49 @@ impl Shim {
         }
         Ok(Empty::new())
     }
+}
+
+/// What a deleted task still owes containerd.
+struct Teardown {
+    exit: Exit,
+    exit_sent: bool,
+    /// Execs whose exit was never reported.
+    pending_execs: Vec<String>,
+}
+
+/// Deletes the container, unmounts its rootfs and releases its standalone network, whatever
+/// fails; fills `resp` and returns what is owed with every failure. The bundle record goes
+/// only when everything was released.
+fn teardown(mut t: Task, id: &str, resp: &mut DeleteResponse) -> (Teardown, Errors) {
+    t.oom = None;
+    let mut errs = Errors::new();
+    let pending_execs = t.container.pending_exec_ids();
+    let exit = match t.container.delete() {
+        Ok(exit) => exit,
+        Err(e) => {
+            errs.add(e.into());
+            t.exit.unwrap_or(Exit { code: 128 + libc::SIGKILL, signal: Some(libc::SIGKILL), at: SystemTime::now() })
+        }
+    };
+    if let Some(rootfs) = &t.rootfs {
+        mount::unmount(rootfs);
+    }
+    if let Some(rec) = t.network.take() {
+        match network::teardown(&rec) {
+            Ok(()) => tracing::info!(id = %id, "pod network released"),
+            Err(e) => errs.add(e.context("releasing the pod network")),
+        }
+    }
+    if errs.is_empty() {
+        let record = t.bundle.join(BUNDLE_RECORD);
+        match std::fs::remove_file(&record) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errs.add(Error::io(format!("removing {}", record.display()), e)),
+        }
+    }
+    resp.pid = t.container.pid() as u32;
+    resp.exit_status = exit.code as u32;
+    resp.exited_at = ts(exit.at);
+    (Teardown { exit, exit_sent: t.exit_sent, pending_execs }, errs)
 }

@@ -27,7 +27,7 @@ use containerd_shim_protos::ttrpc::proto::{Code, Request};
 use containerd_shim_protos::types::mount::Mount;
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use podnet_shim::config::RuntimeOptions;
-use podnet_shim::start::socket_address;
+use podnet_shim::pod_shim::socket_address;
 use podnet_shim::ttrpc::{self as wire, Client, RpcError};
 use podnet_tests::leaks::{self, Snapshot};
 use podnet_tests::oci::{shared_busybox_rootfs, Spec};
@@ -274,7 +274,7 @@ impl Bundle {
     }
 
     fn record(&self) -> PathBuf {
-        self.dir.join(podnet_shim::service::BUNDLE_RECORD)
+        self.dir.join(podnet_shim::bundle::BUNDLE_RECORD)
     }
 }
 
@@ -495,7 +495,7 @@ impl Env {
         for (id, dir) in &bundles {
             let netns = Path::new(NETNS_DIR).join(format!("podnet-{id}"));
             let rootfs = dir.join("rootfs");
-            let holds = dir.join(podnet_shim::service::BUNDLE_RECORD).exists()
+            let holds = dir.join(podnet_shim::bundle::BUNDLE_RECORD).exists()
                 || self.runtime_root().join(id).exists()
                 || netns.exists()
                 || is_mount_point(&rootfs);

@@ -15,7 +15,7 @@ use containerd_shim_protos::shim::shim::ShutdownRequest;
 use containerd_shim_protos::types::introspection::RuntimeInfo;
 use podnet_shim::config::RuntimeOptions;
 use podnet_shim::info::{FEATURES_TYPE_URL, RUNTIME_NAME};
-use podnet_shim::start::socket_address;
+use podnet_shim::pod_shim::socket_address;
 use podnet_shim::ttrpc::Client;
 use podnet_tests::containerd::{containerd_major, Containerd, ContainerdOptions};
 use podnet_tests::cri::{container_config, v1 as cri, CriNode, HANDLER_PODNET};
