@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use libcgroups::common::{AnyCgroupManager, CgroupManager, ControllerOpt, FreezerState};
 use libcontainer::container::Container as LcContainer;
-use libcontainer::oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources};
+use libcontainer::oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Process as OciProcess};
 
+use crate::build::validate_id;
 use crate::cgroup::{Cgroup, Driver};
-use crate::create::validate_id;
 use crate::error::{Error, Errors, Result};
-use crate::exec::Execs;
+use crate::exec::{ExecInfo, ExecProcess, Execs, Host};
+use crate::join::SandboxHandle;
 use crate::process::{pidfd_open, pidfd_send_signal, Exit, Process};
-use crate::sandbox::SandboxHandle;
 use crate::stdio::{Io, StdioConfig};
 use crate::Runtime;
 
@@ -266,6 +266,76 @@ impl Container {
             self.flags().paused = false;
         }
         Ok(fds)
+    }
+
+    fn exec_host(&self) -> Host<'_> {
+        Host { id: &self.id, dir: &self.dir }
+    }
+
+    /// Registers the exec `exec_id` with its process and stdio; [`Container::start_exec`]
+    /// runs it.
+    pub fn add_exec(&self, exec_id: &str, proc_spec: &OciProcess, stdio: StdioConfig) -> Result<()> {
+        self.execs.add(&self.exec_host(), exec_id, proc_spec, stdio)
+    }
+
+    /// Starts the registered exec `exec_id` in the running container, with its OCI process
+    /// (args, env, cwd, user, terminal, capabilities...). The process decides what the OCI spec
+    /// lets a process decide; the rest of its confinement is the container's, as for the init:
+    /// namespaces, cgroup, seccomp profile (libcontainer is patched for it, third_party/README.md),
+    /// and the same adaptation of the process as the init's (`spec::prepare_process`: AppArmor
+    /// where the kernel has it, oomScoreAdj on the process). A failed start leaves the exec
+    /// registered, not started.
+    pub fn start_exec(&self, exec_id: &str, runtime: &Runtime) -> Result<Arc<ExecProcess>> {
+        let what = self.execs.startable(exec_id)?;
+        if self.status() != Status::Running {
+            return Err(self.state_error("exec"));
+        }
+        self.execs.start(&self.exec_host(), exec_id, what, runtime)
+    }
+
+    /// Registers and starts the exec `exec_id`; on failure nothing stays registered.
+    pub fn exec(
+        &self,
+        exec_id: &str,
+        proc_spec: &OciProcess,
+        stdio: StdioConfig,
+        runtime: &Runtime,
+    ) -> Result<Arc<ExecProcess>> {
+        self.add_exec(exec_id, proc_spec, stdio)?;
+        self.start_exec(exec_id, runtime).inspect_err(|_| self.execs.forget(exec_id))
+    }
+
+    /// The started exec `exec_id`.
+    pub fn exec_process(&self, exec_id: &str) -> Option<Arc<ExecProcess>> {
+        self.execs.process(exec_id)
+    }
+
+    /// The registered exec `exec_id`.
+    pub fn exec_info(&self, exec_id: &str) -> Option<ExecInfo> {
+        self.execs.info(exec_id)
+    }
+
+    /// Forgets an exec that has exited or never started (containerd's Delete of an exec);
+    /// returns its exit.
+    pub fn remove_exec(&self, exec_id: &str) -> Result<Option<Exit>> {
+        self.execs.remove(exec_id)
+    }
+
+    /// The execs that exited since the last call (reaping them), each handed over once.
+    pub fn exec_exits(&self) -> Vec<(Arc<ExecProcess>, Exit)> {
+        self.execs.exits()
+    }
+
+    /// The started execs whose exit has not been handed over yet (the init's exit is reported
+    /// after theirs).
+    pub fn unreported_execs(&self) -> Vec<Arc<ExecProcess>> {
+        self.execs.unreported()
+    }
+
+    /// The ids of the registered execs whose exit has not been handed over (never started, or
+    /// still running).
+    pub fn pending_exec_ids(&self) -> Vec<String> {
+        self.execs.pending_ids()
     }
 
     /// Waits for the init to exit, and for its terminal output to be copied out. Exec'd

@@ -11,6 +11,7 @@
 //! (stdio pumps) are plain pthreads that never allocate; but a caller must not start or end
 //! Rust threads, or allocate on other threads, while a create or exec is in progress, or the
 //! clone can inherit a held lock and hang. The shim serves everything from one thread for that.
+mod build;
 mod capture;
 pub mod cgroup;
 pub mod container;
@@ -18,6 +19,8 @@ mod create;
 pub mod error;
 pub mod exec;
 pub mod features;
+pub mod join;
+pub mod pause;
 pub mod process;
 pub mod sandbox;
 pub mod spec;
@@ -30,9 +33,11 @@ pub use container::{Container, CreateOptions, Stats, Status};
 pub use error::{Error, Result};
 pub use exec::{ExecInfo, ExecProcess};
 pub use features::features;
+pub use join::SandboxHandle;
 pub use libcontainer::oci_spec;
+pub use pause::PAUSE_BINARY;
 pub use process::{Exit, Process};
-pub use sandbox::{NsMode, SandboxConfig, SandboxHandle, PAUSE_BINARY};
+pub use sandbox::{NsMode, SandboxConfig};
 pub use stdio::{Io, StdioConfig};
 
 /// The default state directory.

@@ -9,25 +9,17 @@
 //! pause image) is not used: CRI's sandbox bundle contributes its namespaces, hostname,
 //! cgroup, sysctls and oomScoreAdj only (see `SandboxConfig::from_spec`).
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use libcontainer::oci_spec::runtime::{LinuxNamespaceType, Spec};
-use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 
+use crate::build::validate_id;
 use crate::container::Container;
-use crate::create::{validate_id, Build, Workload};
+use crate::create::{Build, Workload};
 use crate::error::{Error, Result};
-use crate::process::Process;
+use crate::join::SandboxHandle;
 use crate::stdio::StdioConfig;
 use crate::{spec, Runtime};
-
-/// The pause binary, built static by build.rs.
-pub static PAUSE_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/podnet-pause"));
 
 /// The user the pause runs as (containerd's pause image uses the same).
 const PAUSE_UID: u32 = 65535;
@@ -146,58 +138,6 @@ impl SandboxConfig {
     }
 }
 
-/// A running sandbox, as app containers join it: its pause process and the namespaces they
-/// share. Cloned freely; checks that the pause is alive before use.
-#[derive(Clone, Debug)]
-pub struct SandboxHandle {
-    pause: Arc<Process>,
-    kinds: Vec<LinuxNamespaceType>,
-}
-
-impl SandboxHandle {
-    pub(crate) fn new(pause: Arc<Process>, kinds: Vec<LinuxNamespaceType>) -> SandboxHandle {
-        SandboxHandle { pause, kinds }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.pause.pid()
-    }
-
-    pub fn kinds(&self) -> &[LinuxNamespaceType] {
-        &self.kinds
-    }
-
-    /// The pause must still run, or /proc/<pid>/ns would be gone or, worse, someone else's.
-    pub fn check_alive(&self) -> Result<()> {
-        match self.pause.signal(0) {
-            Ok(()) => Ok(()),
-            Err(_) => Err(Error::Exited { what: "sandbox pause", id: self.pause.pid().to_string() }),
-        }
-    }
-}
-
-/// libcontainer's workload hook for the pause: exec the binary opened before the clone, with
-/// no path lookup (the root is empty).
-#[derive(Clone)]
-pub(crate) struct PauseExecutor {
-    fd: RawFd,
-}
-
-impl Executor for PauseExecutor {
-    fn exec(&self, _spec: &Spec) -> std::result::Result<(), ExecutorError> {
-        let argv = [c"/pause".as_ptr(), std::ptr::null()];
-        let envp = [std::ptr::null::<libc::c_char>()];
-        unsafe {
-            libc::syscall(libc::SYS_execveat, self.fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
-        };
-        Err(ExecutorError::Other(format!("starting the pause binary: {}", io::Error::last_os_error())))
-    }
-
-    fn validate(&self, _spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
-        Ok(())
-    }
-}
-
 impl Runtime {
     /// Creates the pod sandbox `id`: the pause process in the namespaces `cfg` describes. Start
     /// it with `Container::start`; join app containers with `Container::sandbox_handle`.
@@ -220,83 +160,18 @@ impl Runtime {
         drop(pause);
         c
     }
-
-    /// The empty root every pause starts on: a directory with an empty `dev/`, read-only for
-    /// everyone.
-    fn pause_root(&self) -> Result<PathBuf> {
-        let root = self.root.join(".pause-root");
-        if !root.join("dev").is_dir() {
-            fs::create_dir_all(root.join("dev")).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
-            for d in [root.join("dev"), root.clone()] {
-                fs::set_permissions(&d, fs::Permissions::from_mode(0o555))
-                    .map_err(|e| Error::io(format!("chmod {}", d.display()), e))?;
-            }
-        }
-        Ok(root)
-    }
-
-    /// The pause binary opened, and the workload that execs it: keep the file open until the
-    /// container is built.
-    pub(crate) fn pause_executor(&self) -> Result<(File, PauseExecutor)> {
-        let pause = File::open(self.pause_binary()?).map_err(|e| Error::io("opening the pause binary", e))?;
-        let exec = PauseExecutor { fd: pause.as_raw_fd() };
-        Ok((pause, exec))
-    }
-
-    /// Writes the embedded pause binary to `<root>/.podnet-pause` once (atomically, replacing
-    /// a different version), unless a path was configured.
-    pub fn pause_binary(&self) -> Result<PathBuf> {
-        if let Some(p) = &self.pause_override {
-            return Ok(p.clone());
-        }
-        if let Some(p) = self.pause_ready.get() {
-            return Ok(p.clone());
-        }
-        let path = self.root.join(".podnet-pause");
-        let current = fs::metadata(&path).map(|m| m.len() == PAUSE_BINARY.len() as u64).unwrap_or(false)
-            && fs::read(&path).map(|b| b == PAUSE_BINARY).unwrap_or(false);
-        if !current {
-            let tmp = self.root.join(format!(".podnet-pause.{}", std::process::id()));
-            let write = || -> io::Result<()> {
-                fs::write(&tmp, PAUSE_BINARY)?;
-                fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
-                fs::rename(&tmp, &path)
-            };
-            if let Err(e) = write() {
-                let _ = fs::remove_file(&tmp);
-                return Err(Error::io(format!("writing the pause binary to {}", path.display()), e));
-            }
-        }
-        let _ = self.pause_ready.set(path.clone());
-        Ok(path)
-    }
 }
 
 impl Container {
     /// For a sandbox: what app containers need to join it.
     pub fn sandbox_handle(&self) -> Option<SandboxHandle> {
-        self.sandbox_kinds().map(|kinds| SandboxHandle { pause: self.init().clone(), kinds: kinds.to_vec() })
+        self.sandbox_kinds().map(|kinds| SandboxHandle::new(self.init().clone(), kinds.to_vec()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pause_binary_is_static() {
-        // An ELF with no PT_INTERP program header needs no dynamic loader.
-        let b = PAUSE_BINARY;
-        assert_eq!(&b[..4], b"\x7fELF");
-        let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap()) as usize;
-        let phentsize = u16::from_le_bytes(b[54..56].try_into().unwrap()) as usize;
-        let phnum = u16::from_le_bytes(b[56..58].try_into().unwrap()) as usize;
-        for i in 0..phnum {
-            let off = phoff + i * phentsize;
-            let ptype = u32::from_le_bytes(b[off..off + 4].try_into().unwrap());
-            assert_ne!(ptype, 3, "PT_INTERP found: the pause binary is dynamically linked");
-        }
-    }
 
     #[test]
     fn from_spec_reads_namespaces() {

@@ -1363,7 +1363,7 @@ fn walk_cgroup_ids(dir: &Path, ids: &[String], out: &mut Vec<PathBuf>, depth: us
 pub fn pause_archive() -> &'static Path {
     static ARCHIVE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     ARCHIVE.get_or_init(|| {
-        let bin = podnet_runtime::sandbox::PAUSE_BINARY;
+        let bin = podnet_runtime::pause::PAUSE_BINARY;
         let key = format!("{:x}", Sha256::digest(bin));
         let path = std::env::temp_dir().join(format!("podnet-pause-oci-v2-{}.tar", &key[..16]));
         if path.exists() {
