@@ -32,6 +32,16 @@ fn fake_binary(dir: &Path) -> PathBuf {
     p
 }
 
+/// The installer hack/install runs, as `cargo build --workspace` built it next to the tests
+/// (hack/install would otherwise build a release one with cargo, which PATH below lacks).
+fn installer() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/podnet-install
+    let p = exe.parent().and_then(|d| d.parent()).map(|d| d.join("podnet-install")).expect("target dir");
+    assert!(p.exists(), "{} is missing: build it first (cargo build -p podnet-install)", p.display());
+    p
+}
+
 /// Runs hack/install with `args` under `wrapper` (a command line it is appended to, or none),
 /// with a PATH that has no containerd on it (every call names the version or the binary).
 fn install_with(wrapper: &[&str], args: &[&str]) -> Output {
@@ -45,6 +55,7 @@ fn install_with(wrapper: &[&str], args: &[&str]) -> Output {
         None => Command::new(&script),
     };
     cmd.args(args).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env_remove("CARGO_TARGET_DIR");
+    cmd.env("PODNET_INSTALL", installer());
     cmd.output().expect("run hack/install")
 }
 
@@ -474,8 +485,15 @@ fn kind_dockerfile_copies_files_that_exist_and_runs_valid_install_flags() {
         assert!(dest.starts_with('/'), "{i}");
         for src in srcs {
             if src.starts_with("target/") {
-                // Built by cargo before `docker build`.
-                assert_eq!(*src, "target/release/containerd-shim-podnet-v2", "{i}");
+                // Built by cargo before `docker build`: the shim, and the installer hack/install
+                // runs (the image has no cargo), where hack/install looks for it.
+                match *src {
+                    "target/release/containerd-shim-podnet-v2" => {}
+                    "target/release/podnet-install" => {
+                        assert_eq!(*dest, "/tmp/podnet/target/release/podnet-install", "{i}")
+                    }
+                    _ => panic!("COPY of an unexpected build output {src}: {i}"),
+                }
                 continue;
             }
             assert!(repo().join(src).exists(), "COPY source {src} does not exist (from the repository root)");
@@ -720,6 +738,68 @@ fn dry_run_prints_and_writes_nothing() {
     let out = ok(install(&["--dry-run", "--containerd-version", "1.7"]));
     assert!(out.contains("would run: cargo build --release --locked -p podnet-shim"), "{out}");
     assert!(out.contains("\"cniVersion\": \"1.0.0\""), "{out}");
+}
+
+/// Without $PODNET_INSTALL and without cargo, hack/install runs the installer already built in
+/// its checkout's target dir (kind's image); without one either, it says how to build it.
+#[test]
+fn hack_install_finds_a_prebuilt_installer_without_cargo() {
+    let s = Staged::new();
+    let checkout = s.dir.path().join("checkout");
+    std::fs::create_dir_all(checkout.join("hack")).unwrap();
+    for path in ["hack/install", "deploy"] {
+        let st = Command::new("cp").arg("-a").arg(repo().join(path)).arg(checkout.join(path)).status().unwrap();
+        assert!(st.success(), "cp {path}");
+    }
+    let run = || {
+        Command::new(checkout.join("hack/install"))
+            .args(["--binary", s.binary.to_str().unwrap(), "--destdir", s.root().to_str().unwrap()])
+            .args(["--containerd-version", "2"])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("PODNET_INSTALL")
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("cargo build --release --locked -p podnet-install"), "{err}");
+    assert_eq!(files_under(&s.root()), Vec::<String>::new());
+
+    std::fs::create_dir_all(checkout.join("target/release")).unwrap();
+    std::fs::copy(installer(), checkout.join("target/release/podnet-install")).unwrap();
+    ok(run());
+    assert_handler(
+        v3_handler(&parse_toml(&s.read("/etc/containerd/conf.d/podnet.toml"), "the drop-in")),
+        "/etc/podnet/cri.d",
+    );
+}
+
+/// A config.toml that is not TOML stops the install before anything is written, with an error
+/// that names the file and the line.
+#[test]
+fn a_malformed_config_toml_is_an_error_naming_file_and_line() {
+    let s = Staged::new();
+    std::fs::create_dir_all(s.at("/etc/containerd")).unwrap();
+    std::fs::write(
+        s.at("/etc/containerd/config.toml"),
+        "version = 3\nimports = [\"/etc/containerd/conf.d/*.toml\"\n[plugins]\n",
+    )
+    .unwrap();
+    let root = s.root();
+    let o = install(&[
+        "--binary",
+        s.binary.to_str().unwrap(),
+        "--destdir",
+        root.to_str().unwrap(),
+        "--containerd-version",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("/etc/containerd/config.toml: line 3, column 1: not valid TOML"), "{err}");
+    assert_eq!(files_under(&root), vec!["etc/containerd/config.toml".to_string()], "nothing written");
 }
 
 #[test]
