@@ -11,6 +11,8 @@ use protobuf::well_known_types::any::Any;
 use protobuf::well_known_types::empty::Empty;
 use protobuf::MessageFull;
 
+use crate::error::{Error, Result};
+
 use crate::ttrpc::{socket_path, Client};
 
 pub const SERVICE: &str = "containerd.services.events.ttrpc.v1.Events";
@@ -96,12 +98,12 @@ impl Publisher {
         }
     }
 
-    fn send(&mut self, req: &ForwardRequest) -> Result<(), String> {
+    fn send(&mut self, req: &ForwardRequest) -> Result<()> {
         let Some(addr) = &self.address else { return Ok(()) };
         for attempt in 0..2 {
             if self.client.is_none() {
                 self.client =
-                    Some(Client::connect(addr).map_err(|e| format!("connecting to {}: {e}", addr.display()))?);
+                    Some(Client::connect(addr).map_err(|e| Error::io(format!("connecting to {}", addr.display()), e))?);
             }
             let Some(client) = self.client.as_mut() else { continue };
             match client.call::<Empty>(SERVICE, "Forward", req, Some(TIMEOUT)) {
@@ -111,9 +113,9 @@ impl Publisher {
                     tracing::debug!("event connection failed, reconnecting: {e}");
                     self.client = None;
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(Error::Internal(e.to_string())),
             }
         }
-        Err("no connection".into())
+        Err(Error::Internal("no connection".into()))
     }
 }
