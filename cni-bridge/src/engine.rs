@@ -1,58 +1,18 @@
 //! The engine's entry points: one plugin step (what an exec'd plugin runs), and a whole
 //! network configuration run in-process in the order libcni would exec its plugins.
 
-use std::path::Path;
-
 use serde_json::{Map, Value};
 
 use crate::args::Command;
+pub use crate::args::Request;
 use crate::bridge::BridgePlugin;
 use crate::config::{NetworkConfig, PluginInput};
 use crate::error::{codes, CniError, ErrorList, Result};
-use crate::netlink::NlError;
-use crate::result::{CniResult, Dns};
+use crate::result::CniResult;
 use crate::{loopback, portmap};
 
-/// The runtime's side of an invocation: which container, which interface, which namespace.
-#[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
-    pub container_id: &'a str,
-    pub ifname: &'a str,
-    pub netns: Option<&'a Path>,
-    /// CNI_ARGS pairs (`IP=`, `MAC=`, `K8S_POD_NAME=` ...).
-    pub args: &'a [(String, String)],
-}
-
-impl<'a> Request<'a> {
-    pub fn new(container_id: &'a str, ifname: &'a str, netns: Option<&'a Path>) -> Self {
-        Request { container_id, ifname, netns, args: &[] }
-    }
-
-    pub fn with_args(mut self, args: &'a [(String, String)]) -> Self {
-        self.args = args;
-        self
-    }
-
-    pub fn arg(&self, key: &str) -> Option<&'a str> {
-        self.args.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-}
-
-/// A netlink failure as a CNI error naming what was being done.
-pub fn nl_err(what: &str, e: NlError) -> CniError {
-    CniError::new(codes::INTERNAL, format!("{what}: {e}"))
-}
-
-/// The result's DNS: the conf's `dns` if it says anything, else IPAM's resolvConf.
-pub fn dns_for(conf: Option<&Dns>, resolv_conf: Option<&Path>) -> Result<Dns> {
-    if let Some(d) = conf.filter(|d| !d.is_empty()) {
-        return Ok(d.clone());
-    }
-    match resolv_conf {
-        Some(p) => crate::ipam::parse_resolv_conf(p),
-        None => Ok(Dns::default()),
-    }
-}
+// dad.rs still imports nl_err from here; it moves with the rtnetlink layer's rewrite.
+pub(crate) use crate::error::nl_err;
 
 /// Plugin types the engine runs. `podnet` is bridge + host-local + portmap in one step.
 pub const PLUGIN_TYPES: &[&str] = &["podnet", "bridge", "portmap", "loopback"];

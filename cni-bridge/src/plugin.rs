@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 
 use crate::args::{CniArgs, Command};
 use crate::config::{PluginInput, LATEST_VERSION};
-use crate::engine::{run_plugin, Request};
+use crate::engine::run_plugin;
 use crate::error::{codes, CniError, Result};
 use crate::result::version_info;
 
@@ -74,7 +74,7 @@ fn invoke(stdin: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Option<s
             ));
         }
     }
-    let req = Request::new(&args.container_id, &args.ifname, args.netns.as_deref()).with_args(&args.args);
+    let req = args.request();
     match run_plugin(args.command, &input, &req)? {
         Some(res) => Ok(Some(res.to_json(&input.cni_version)?)),
         None => Ok(None),

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::args::Request;
 use crate::config::{Fields, PluginInput, PortMapping};
-use crate::engine::{nl_err, Request};
-use crate::error::{codes, CniError, ErrorList, Result};
+use crate::error::{codes, nl_err, CniError, ErrorList, Result};
 use crate::names::AttachmentId;
 use crate::nft::{Firewall, FirewallPlan, PortMap};
 use crate::result::CniResult;

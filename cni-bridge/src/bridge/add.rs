@@ -10,10 +10,11 @@ use serde_json::Value;
 
 use super::host::{ensure_addr, vlan_err};
 use super::BridgePlugin;
+use crate::args::Request;
 use crate::attachment::Attachment;
 use crate::config::{Fields, PluginInput};
-use crate::engine::{nl_err, Request};
-use crate::error::{codes, CniError, ErrorList, Result};
+use crate::error::{codes, nl_err, CniError, ErrorList, Result};
+use crate::ipam::IpamConfigured;
 use crate::names::{format_mac, parse_mac, AttachmentId};
 use crate::nft::{Firewall, FirewallPlan};
 use crate::result::{CniResult, Interface, IpConfig, Route};
@@ -52,7 +53,7 @@ impl BridgePlugin {
         };
 
         let mut host = Rtnl::new().map_err(|e| nl_err("open rtnetlink", e))?;
-        let mut podnl = pod
+        let pod_nl = pod
             .run(Rtnl::new)
             .map_err(|e| CniError::io("enter the pod network namespace", e))?
             .map_err(|e| nl_err("open rtnetlink in the pod network namespace", e))?;
@@ -62,28 +63,27 @@ impl BridgePlugin {
                 format!("attachment {}/{} already exists on network {}", req.container_id, req.ifname, self.network),
             ));
         }
-        let br = self.ensure_bridge(&mut host)?;
+        let bridge = self.ensure_bridge(&mut host)?;
         // GC must not collect an attachment while it is being made (it is not in the
         // runtime's valid list yet): ADDs share this lock, GC takes it exclusively.
         let _gc_guard = self.store().lock(false)?;
-        let mut undo = Undo { id: &id, plugin: self, ipam: false, veth: false, fw: false };
-        let r = self.add_steps(
+        let mut add = Add {
+            plugin: self,
             input,
-            req,
-            &mut host,
-            &mut podnl,
-            &pod,
-            &br,
-            &id,
+            req: *req,
+            id,
+            pod,
+            host,
+            pod_nl,
+            bridge,
             pod_mac,
-            &requested,
             with_port_maps,
-            &mut undo,
-        );
-        match r {
+            done: Done::default(),
+        };
+        match add.run(&requested) {
             Ok(res) => Ok(res),
             Err(e) => {
-                let leftovers = undo.run(&mut host);
+                let leftovers = add.undo();
                 Err(match leftovers {
                     Ok(()) => e,
                     Err(u) => e.with_details(format!("cleanup after the failed ADD also failed: {u}")),
@@ -91,40 +91,60 @@ impl BridgePlugin {
             }
         }
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn add_steps(
-        &self,
-        input: &PluginInput,
-        req: &Request<'_>,
-        host: &mut Rtnl,
-        podnl: &mut Rtnl,
-        pod: &NetNs,
-        br: &Link,
-        id: &AttachmentId,
-        pod_mac: [u8; 6],
-        requested: &[IpAddr],
-        with_port_maps: bool,
-        undo: &mut Undo<'_>,
-    ) -> Result<CniResult> {
-        let c = &self.conf;
-        let ipam = self.host_local()?;
+/// One ADD in progress: what its steps share, and how far it got.
+struct Add<'a> {
+    plugin: &'a BridgePlugin,
+    input: &'a PluginInput,
+    req: Request<'a>,
+    id: AttachmentId,
+    pod: NetNs,
+    /// rtnetlink on the node, and one bound to the pod's namespace.
+    host: Rtnl,
+    pod_nl: Rtnl,
+    bridge: Link,
+    pod_mac: [u8; 6],
+    with_port_maps: bool,
+    done: Done,
+}
+
+/// What a failed ADD must undo, in reverse order of setup.
+#[derive(Default)]
+struct Done {
+    ipam: bool,
+    veth: bool,
+    fw: bool,
+}
+
+impl Add<'_> {
+    fn run(&mut self, requested: &[IpAddr]) -> Result<CniResult> {
+        let ipam = self.plugin.host_local()?;
         // A second ADD of the same attachment stops here, before touching the first one's
         // state: IPAM refuses a duplicate allocation.
-        let allocated = ipam.allocate(req.container_id, req.ifname, requested)?;
-        undo.ipam = true;
+        let allocated = ipam.allocate(self.req.container_id, self.req.ifname, requested)?;
+        self.done.ipam = true;
+        let hv = self.make_veth()?;
+        let (ips, routes) = self.configure_pod(&hv, &allocated)?;
+        self.configure_node(&allocated)?;
+        self.install_rules(&allocated)?;
+        self.record(ips, routes)
+    }
 
-        let host_veth = id.host_veth();
-        let host_mac = id.host_mac();
-        let tag = id.tag();
+    /// The veth pair, its peer made in the pod under its final name; the host end on the
+    /// bridge with its port settings and VLANs.
+    fn make_veth(&mut self) -> Result<Link> {
+        let (c, req, host) = (&self.plugin.conf, &self.req, &mut self.host);
+        let host_veth = self.id.host_veth();
+        let tag = self.id.tag();
         host.create_veth(&VethSpec {
             host_name: &host_veth,
-            host_mac,
+            host_mac: self.id.host_mac(),
             peer_name: req.ifname,
-            peer_mac: pod_mac,
-            peer_netns: pod.as_fd().as_raw_fd(),
+            peer_mac: self.pod_mac,
+            peer_netns: self.pod.as_fd().as_raw_fd(),
             mtu: c.mtu,
-            master: Some(br.index),
+            master: Some(self.bridge.index),
             alias: Some(&tag),
         })
         .map_err(|e| {
@@ -140,7 +160,7 @@ impl BridgePlugin {
                 nl_err(&format!("create veth {host_veth} with peer {} in the pod", req.ifname), e)
             }
         })?;
-        undo.veth = true;
+        self.done.veth = true;
         let hv = host
             .link_by_name(&host_veth)
             .map_err(|e| nl_err("look up the host veth", e))?
@@ -159,19 +179,23 @@ impl BridgePlugin {
         for vid in &c.vlan_trunk {
             host.bridge_vlan(hv.index, *vid, 0, false, false).map_err(|e| vlan_err(&host_veth, *vid, e))?;
         }
+        Ok(hv)
+    }
 
-        // The pod side, in the reference's order: addresses (no DAD wait unless asked),
-        // arp_notify, up (announcing the addresses), routes.
+    /// The pod side, in the reference's order: addresses (no DAD wait unless asked),
+    /// arp_notify, up (announcing the addresses), routes. Returns the result's IPs and routes.
+    fn configure_pod(&mut self, hv: &Link, allocated: &[IpamConfigured]) -> Result<(Vec<IpConfig>, Vec<Route>)> {
+        let (c, req, podnl) = (&self.plugin.conf, &self.req, &mut self.pod_nl);
         let pod_index = hv
             .peer_index
-            .ok_or_else(|| CniError::new(codes::INTERNAL, format!("host veth {host_veth} reports no peer")))?;
+            .ok_or_else(|| CniError::new(codes::INTERNAL, format!("host veth {} reports no peer", hv.name)))?;
         let dad = if c.enable_dad && allocated.iter().any(|a| a.address.addr().is_ipv6()) {
-            Some(crate::dad::DadWatch::new(pod)?)
+            Some(crate::dad::DadWatch::new(&self.pod)?)
         } else {
             None
         };
         let mut ips = Vec::new();
-        for a in &allocated {
+        for a in allocated {
             podnl
                 .add_addr(pod_index, a.address, !c.enable_dad)
                 .map_err(|e| nl_err(&format!("add {} to {} in the pod", a.address, req.ifname), e))?;
@@ -187,9 +211,9 @@ impl BridgePlugin {
             let v6: Vec<IpAddr> = allocated.iter().map(|a| a.address.addr()).filter(|a| a.is_ipv6()).collect();
             dad.wait(pod_index, &v6)?;
         }
-        let mut routes: Vec<Route> = self.ipam.routes.clone();
+        let mut routes: Vec<Route> = self.plugin.ipam.routes.clone();
         if c.is_default_gateway {
-            for a in &allocated {
+            for a in allocated {
                 let Some(gw) = a.gateway else { continue };
                 let dst: IpNet = if gw.is_ipv4() { "0.0.0.0/0".parse() } else { "::/0".parse() }
                     .map_err(|e| CniError::internal("default route", e))?;
@@ -216,15 +240,19 @@ impl BridgePlugin {
                 .or_else(|e| if e.is(libc::EEXIST) { Ok(()) } else { Err(e) })
                 .map_err(|e| nl_err(&format!("add route {} in the pod", r.dst), e))?;
         }
+        Ok((ips, routes))
+    }
 
-        // The node side: gateway addresses, forwarding.
+    /// The node side: gateway addresses, forwarding.
+    fn configure_node(&mut self, allocated: &[IpamConfigured]) -> Result<()> {
+        let c = &self.plugin.conf;
         if c.is_gateway {
-            let gw_link = self.gateway_link(host, br)?;
-            for a in &allocated {
+            let gw_link = self.plugin.gateway_link(&mut self.host, &self.bridge)?;
+            for a in allocated {
                 if let Some(gw) = a.gateway {
                     let gw_net =
                         IpNet::new(gw, a.address.prefix_len()).map_err(|e| CniError::internal("gateway address", e))?;
-                    ensure_addr(host, &gw_link, gw_net, c.force_address)?;
+                    ensure_addr(&mut self.host, &gw_link, gw_net, c.force_address)?;
                 }
             }
         }
@@ -236,38 +264,49 @@ impl BridgePlugin {
                 sysctl::ensure("net.ipv6.conf.all.forwarding", "1")?;
             }
         }
+        Ok(())
+    }
 
-        let mut plan = FirewallPlan { tag: id.tag(), masq: Vec::new(), port_maps: Vec::new(), mac_spoof: None };
+    /// Masquerade, hostPorts and the MAC spoof check, in one batch under the attachment's tag.
+    fn install_rules(&mut self, allocated: &[IpamConfigured]) -> Result<()> {
+        let c = &self.plugin.conf;
+        let mut plan = FirewallPlan { tag: self.id.tag(), masq: Vec::new(), port_maps: Vec::new(), mac_spoof: None };
         if c.ip_masq {
             plan.masq = allocated.iter().map(|a| (a.address.addr(), a.address.trunc())).collect();
         }
         if c.mac_spoof_check {
-            plan.mac_spoof = Some((host_veth.clone(), pod_mac));
+            plan.mac_spoof = Some((self.id.host_veth(), self.pod_mac));
         }
-        if with_port_maps {
+        if self.with_port_maps {
             let pod_ips: Vec<IpNet> = allocated.iter().map(|a| a.address).collect();
-            plan.port_maps = portmap::plan(&input.runtime_config.port_mappings, &pod_ips);
+            plan.port_maps = portmap::plan(&self.input.runtime_config.port_mappings, &pod_ips);
             if !plan.port_maps.is_empty() && pod_ips.iter().any(|i| i.addr().is_ipv4()) {
                 // Lets the node's own 127.0.0.1 reach a hostPort: DNAT'd loopback traffic
                 // must be routable out of the bridge.
-                sysctl::ensure_if("ipv4", &br.name, "route_localnet", "1")?;
+                sysctl::ensure_if("ipv4", &self.bridge.name, "route_localnet", "1")?;
             }
         }
         if !(plan.masq.is_empty() && plan.port_maps.is_empty() && plan.mac_spoof.is_none()) {
-            undo.fw = true;
+            self.done.fw = true;
             let mut fw = Firewall::new()?;
             fw.add(&plan)?;
         }
+        Ok(())
+    }
 
+    /// The result, saved with the attachment's record.
+    fn record(&self, ips: Vec<IpConfig>, routes: Vec<Route>) -> Result<CniResult> {
+        let (p, req, br) = (self.plugin, &self.req, &self.bridge);
+        let host_veth = self.id.host_veth();
         let netns = req.netns.map(|p| p.display().to_string()).unwrap_or_default();
         let mut result = CniResult {
-            cni_version: input.cni_version.clone(),
+            cni_version: self.input.cni_version.clone(),
             interfaces: vec![
                 Interface { name: br.name.clone(), mac: format_mac(&br.mac), ..Default::default() },
-                Interface { name: host_veth.clone(), mac: format_mac(&host_mac), ..Default::default() },
+                Interface { name: host_veth.clone(), mac: format_mac(&self.id.host_mac()), ..Default::default() },
                 Interface {
                     name: req.ifname.to_owned(),
-                    mac: format_mac(&pod_mac),
+                    mac: format_mac(&self.pod_mac),
                     sandbox: Some(netns.clone()),
                     ..Default::default()
                 },
@@ -276,18 +315,38 @@ impl BridgePlugin {
             routes,
             dns: Default::default(),
         };
-        result.dns = crate::engine::dns_for(self.conf.dns.as_ref(), self.ipam.resolv_conf.as_deref())?;
-        self.store().save(&Attachment {
-            network: self.network.clone(),
+        result.dns = crate::ipam::dns_for(p.conf.dns.as_ref(), p.ipam.resolv_conf.as_deref())?;
+        p.store().save(&Attachment {
+            network: p.network.clone(),
             container_id: req.container_id.to_owned(),
             ifname: req.ifname.to_owned(),
             netns,
             bridge: br.name.clone(),
             host_veth,
-            tag,
+            tag: self.id.tag(),
             result: result.to_json(crate::config::LATEST_VERSION)?,
         })?;
         Ok(result)
+    }
+
+    /// Undoes what the failed ADD did, in reverse order of setup.
+    fn undo(mut self) -> Result<()> {
+        let mut errs = ErrorList::default();
+        if self.done.fw {
+            errs.push(Firewall::new().and_then(|mut fw| fw.remove(&self.id.tag()).map(drop)));
+        }
+        if self.done.veth {
+            errs.push(
+                self.host
+                    .delete_link_by_name(&self.id.host_veth())
+                    .map(drop)
+                    .map_err(|e| nl_err("delete the host veth", e)),
+            );
+        }
+        if self.done.ipam {
+            errs.push(self.plugin.host_local().and_then(|h| h.release(&self.id.container_id, &self.id.ifname)));
+        }
+        errs.into_result("undo")
     }
 }
 
@@ -325,31 +384,4 @@ fn requested_ips(input: &PluginInput, req: &Request<'_>) -> Result<Vec<IpAddr>> 
     out.extend(input.runtime_config.ips.iter().copied());
     out.dedup();
     Ok(out)
-}
-
-/// What a failed ADD must undo, in reverse order of setup.
-struct Undo<'a> {
-    id: &'a AttachmentId,
-    plugin: &'a BridgePlugin,
-    ipam: bool,
-    veth: bool,
-    fw: bool,
-}
-
-impl Undo<'_> {
-    fn run(self, host: &mut Rtnl) -> Result<()> {
-        let mut errs = ErrorList::default();
-        if self.fw {
-            errs.push(Firewall::new().and_then(|mut fw| fw.remove(&self.id.tag()).map(drop)));
-        }
-        if self.veth {
-            errs.push(
-                host.delete_link_by_name(&self.id.host_veth()).map(drop).map_err(|e| nl_err("delete the host veth", e)),
-            );
-        }
-        if self.ipam {
-            errs.push(self.plugin.host_local().and_then(|h| h.release(&self.id.container_id, &self.id.ifname)));
-        }
-        errs.into_result("undo")
-    }
 }

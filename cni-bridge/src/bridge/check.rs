@@ -3,9 +3,9 @@
 use podnet_netns::NetNs;
 
 use super::BridgePlugin;
+use crate::args::Request;
 use crate::config::PluginInput;
-use crate::engine::{nl_err, Request};
-use crate::error::{codes, CniError, Result};
+use crate::error::{codes, nl_err, CniError, Result};
 use crate::names::{format_mac, AttachmentId};
 use crate::nft::{Firewall, FirewallPlan};
 use crate::portmap;

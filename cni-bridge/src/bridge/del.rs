@@ -7,9 +7,9 @@ use std::sync::Mutex;
 use podnet_netns::NetNs;
 
 use super::BridgePlugin;
+use crate::args::Request;
 use crate::attachment::AttachmentStore;
-use crate::engine::{nl_err, Request};
-use crate::error::{ErrorList, Result};
+use crate::error::{nl_err, ErrorList, Result};
 use crate::ipam::HostLocal;
 use crate::names::{AttachmentId, HOST_VETH_PREFIX};
 use crate::nft::Firewall;

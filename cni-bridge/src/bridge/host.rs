@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 
 use super::BridgePlugin;
-use crate::engine::nl_err;
+use crate::error::nl_err;
 use crate::error::{codes, CniError, Result};
 use crate::names::bridge_mac;
 use crate::rtnl::{Link, Rtnl};
