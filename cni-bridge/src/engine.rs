@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use crate::args::Command;
 pub use crate::args::Request;
 use crate::bridge::BridgePlugin;
+pub use crate::bridge::DelTail;
 use crate::config::{NetworkConfig, PluginInput};
 use crate::error::{codes, CniError, ErrorList, Result};
 use crate::result::CniResult;
@@ -34,7 +35,11 @@ pub fn validate(input: &PluginInput) -> Result<()> {
 
 /// Runs one plugin step, as an exec'd plugin would. ADD returns the result; the other
 /// commands return `None` on success.
+/// DEL finishes before it returns (see [`del_plugin`] for one that hands its tail back).
 pub fn run_plugin(cmd: Command, input: &PluginInput, req: &Request<'_>) -> Result<Option<CniResult>> {
+    if cmd == Command::Del {
+        return del_plugin(input, req)?.run_now().map(|()| None);
+    }
     let t = input.plugin_type.as_str();
     match (t, cmd) {
         ("podnet" | "bridge", _) => {
@@ -46,22 +51,30 @@ pub fn run_plugin(cmd: Command, input: &PluginInput, req: &Request<'_>) -> Resul
                     }
                     p.add(input, req, t == "podnet").map(Some)
                 }
-                Command::Del => p.del(req).map(|()| None),
                 Command::Check => p.check(input, req).map(|()| None),
                 Command::Gc => p.gc(&valid_attachments(input)?).map(|()| None),
                 Command::Status => p.status().map(|()| None),
-                Command::Version => Ok(None),
+                Command::Del | Command::Version => Ok(None),
             }
         }
         ("portmap", Command::Add) => portmap::add(input, req).map(Some),
-        ("portmap", Command::Del) => portmap::del(input, req).map(|()| None),
         ("portmap", Command::Check) => portmap::check(input, req).map(|()| None),
         ("portmap", Command::Gc) => portmap::gc(input, &valid_attachments(input)?).map(|()| None),
         ("loopback", Command::Add) => loopback::add(input, req).map(Some),
-        ("loopback", Command::Del) => loopback::del(req).map(|()| None),
         ("loopback", Command::Check) => loopback::check(req).map(|()| None),
         ("portmap" | "loopback", _) => Ok(None),
         (t, _) => Err(unknown_type(t)),
+    }
+}
+
+/// DEL of one plugin step. The bridge's links, addresses and record are handed back once its
+/// rules are gone, for the caller to finish ([`DelTail`]); a DEL that failed has finished.
+pub fn del_plugin(input: &PluginInput, req: &Request<'_>) -> Result<DelTail> {
+    match input.plugin_type.as_str() {
+        "podnet" | "bridge" => BridgePlugin::from_input(input)?.del(req),
+        "portmap" => portmap::del(input, req).map(|()| DelTail::default()),
+        "loopback" => loopback::del(req).map(|()| DelTail::default()),
+        t => Err(unknown_type(t)),
     }
 }
 
@@ -108,7 +121,8 @@ pub fn add_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<
             Err(e) => {
                 // The failed step undid its own work; DEL the steps before it, as libcni's
                 // caller would.
-                let undo = del_plugins(net, req, runtime_config, prev.as_ref(), i);
+                let chain = Chain { net, req, runtime_config };
+                let undo = chain.del(prev.as_ref(), i, false).and_then(DelTail::run_now);
                 return Err(match undo {
                     Ok(()) => e,
                     Err(u) => e.with_details(format!("cleanup after the failed ADD also failed: {u}")),
@@ -120,20 +134,36 @@ pub fn add_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<
     CniResult::from_json(&prev)
 }
 
-fn del_plugins(
-    net: &NetworkConfig,
-    req: &Request<'_>,
-    rc: &Map<String, Value>,
-    prev: Option<&Value>,
-    upto: usize,
-) -> Result<()> {
-    let mut errs = ErrorList::default();
-    for i in (0..upto).rev() {
-        errs.push(
-            plugin_input(net, i, prev, rc, &[]).and_then(|input| run_plugin(Command::Del, &input, req).map(drop)),
-        );
+/// A network configuration run in-process for one attachment: what each plugin step reads.
+struct Chain<'a> {
+    net: &'a NetworkConfig,
+    req: &'a Request<'a>,
+    runtime_config: &'a Map<String, Value>,
+}
+
+impl Chain<'_> {
+    /// DEL of the plugins before `upto`, in reverse order; every plugin runs even if one
+    /// fails. Without `defer`, each DEL finishes before the next, as exec'd plugins would;
+    /// with it, the bridge's tails are handed back in order, unless a DEL failed: then they
+    /// run now, and the error (which the caller reports) covers them.
+    fn del(&self, prev: Option<&Value>, upto: usize, defer: bool) -> Result<DelTail> {
+        let mut errs = ErrorList::default();
+        let mut tails = DelTail::default();
+        for i in (0..upto).rev() {
+            let del = plugin_input(self.net, i, prev, self.runtime_config, &[])
+                .and_then(|input| del_plugin(&input, self.req));
+            match del {
+                Ok(tail) if defer => tails.append(tail),
+                Ok(tail) => errs.push(tail.run_now()),
+                Err(e) => errs.0.push(e),
+            }
+        }
+        if errs.is_empty() {
+            return Ok(tails);
+        }
+        errs.push(tails.run_now());
+        errs.into_result(&format!("DEL of network {}", self.net.name)).map(|()| DelTail::default())
     }
-    errs.into_result(&format!("DEL of network {}", net.name))
 }
 
 /// DEL of a whole network configuration, in reverse order; every plugin runs even if one fails.
@@ -144,7 +174,20 @@ pub fn del_network(
     prev: Option<&CniResult>,
 ) -> Result<()> {
     let prev = prev.map(|p| p.to_json(&net.cni_version)).transpose()?;
-    del_plugins(net, req, runtime_config, prev.as_ref(), net.plugins.len())
+    Chain { net, req, runtime_config }.del(prev.as_ref(), net.plugins.len(), false)?.run_now()
+}
+
+/// [`del_network`] for a caller that answers before the DEL is finished (podnet's shim): once
+/// every plugin's rules are gone, the links, addresses and records are handed back, to run
+/// after the answer ([`DelTail::run`]).
+pub fn del_network_deferred(
+    net: &NetworkConfig,
+    req: &Request<'_>,
+    runtime_config: &Map<String, Value>,
+    prev: Option<&CniResult>,
+) -> Result<DelTail> {
+    let prev = prev.map(|p| p.to_json(&net.cni_version)).transpose()?;
+    Chain { net, req, runtime_config }.del(prev.as_ref(), net.plugins.len(), true)
 }
 
 /// CHECK of a whole network configuration against the result of its ADD.

@@ -28,6 +28,7 @@ use crate::network::{self, NetRecord};
 use crate::oom::OomWatch;
 use crate::ttrpc::RpcError;
 use crate::{metrics, mount};
+use cni_bridge::engine::DelTail;
 
 pub const ANN_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const ANN_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
@@ -190,6 +191,8 @@ pub struct Shim {
     tasks: BTreeMap<String, Task>,
     waiters: Vec<Waiter>,
     done: Vec<Deferred>,
+    /// What the network DELs answered already have left to do (see [`Shim::take_del_tails`]).
+    del_tails: Vec<DelTail>,
     shutdown: bool,
     /// The pod attachments (container id, ifname) CRI's CNI calls set up through this shim.
     networks: std::collections::BTreeSet<(String, String)>,
@@ -229,6 +232,7 @@ impl Shim {
             tasks: BTreeMap::new(),
             waiters: Vec::new(),
             done: Vec::new(),
+            del_tails: Vec::new(),
             shutdown: false,
             networks: Default::default(),
         }
@@ -243,7 +247,8 @@ impl Shim {
     /// here. A shim left with neither a task nor a network (its pod's DEL went through, or the
     /// ADD that spawned it failed) ends.
     pub fn network(&mut self, method: &str, payload: &[u8]) -> RpcResult<Vec<u8>> {
-        let (inv, outcome) = crate::cni::serve(method, payload)?;
+        let (inv, outcome, tail) = crate::cni::serve(method, payload)?;
+        self.del_tails.push(tail);
         let (id, ifname) = inv.attachment();
         if outcome.exit_code == 0 {
             match method {
@@ -273,6 +278,12 @@ impl Shim {
 
     pub fn take_deferred(&mut self) -> Vec<Deferred> {
         std::mem::take(&mut self.done)
+    }
+
+    /// The slow part of the network DELs answered so far (the veths, whose deletion waits for
+    /// the kernel; the addresses; the records), for the server to run once the replies are out.
+    pub fn take_del_tails(&mut self) -> Vec<DelTail> {
+        std::mem::take(&mut self.del_tails)
     }
 
     pub fn forget_conn(&mut self, conn: u64) {
@@ -531,15 +542,16 @@ impl Shim {
             undo_rootfs(&rootfs);
             return Err(RpcError::invalid(format!("container {id:?} is of type container but names no sandbox")));
         }
-        let undo_network = |record: &BundleRecord| {
-            if let Some(rec) = &record.network {
-                if let Err(e) = network::teardown(rec) {
-                    tracing::warn!("releasing the pod network after a failed create: {e}");
-                }
+        let undo_network = |record: &BundleRecord| -> DelTail {
+            let Some(rec) = &record.network else { return DelTail::default() };
+            let (tail, r) = network::teardown_deferred(rec);
+            if let Err(e) = r {
+                tracing::warn!("releasing the pod network after a failed create: {e}");
             }
+            tail
         };
         if let Err(e) = record.write(&bundle) {
-            undo_network(&record);
+            self.del_tails.push(undo_network(&record));
             undo_rootfs(&rootfs);
             return Err(RpcError::internal(e));
         }
@@ -564,7 +576,7 @@ impl Shim {
         let container = match created {
             Ok(c) => c,
             Err(e) => {
-                undo_network(&record);
+                self.del_tails.push(undo_network(&record));
                 undo_rootfs(&rootfs);
                 let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD));
                 return Err(e);
@@ -695,7 +707,9 @@ impl Shim {
             mount::unmount(rootfs);
         }
         if let Some(rec) = t.network.take() {
-            match network::teardown(&rec) {
+            let (tail, r) = network::teardown_deferred(&rec);
+            self.del_tails.push(tail);
+            match r {
                 Ok(()) => tracing::info!(id = %req.id, "pod network released"),
                 Err(e) => errs.push(format!("releasing the pod network: {e}")),
             }

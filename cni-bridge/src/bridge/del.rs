@@ -2,23 +2,22 @@
 //! interface or a rule still uses it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use podnet_netns::NetNs;
 
 use super::BridgePlugin;
 use crate::args::Request;
 use crate::attachment::AttachmentStore;
-use crate::error::{nl_err, ErrorList, Result};
+use crate::error::{nl_err, CniError, ErrorList, Result};
 use crate::ipam::HostLocal;
 use crate::names::{AttachmentId, HOST_VETH_PREFIX};
 use crate::nft::Firewall;
 use crate::rtnl::Rtnl;
 
-/// What DEL does after the firewall rules: the links (whose deletion waits for an RCU grace
-/// period, ~20 ms), then the addresses go back to the pool, then the record. An IP is never free
-/// while an interface still uses it.
-struct DelTail {
+/// What DEL does after the firewall rules, for one attachment: the links (whose deletion waits
+/// for an RCU grace period, ~20 ms), then the addresses go back to the pool, then the record.
+/// An IP is never free while an interface still uses it.
+struct AttachmentTail {
     host_veth: String,
     netns: Option<PathBuf>,
     container_id: String,
@@ -28,11 +27,11 @@ struct DelTail {
     store: AttachmentStore,
 }
 
-impl DelTail {
+impl AttachmentTail {
     /// `keep_record_on_error`: a deferred DEL keeps the record when a step failed, so that a
     /// later DEL or GC can finish the work (its caller was already told it succeeded).
     fn run(self, errs: &mut ErrorList, keep_record_on_error: bool) {
-        let DelTail { host_veth, netns, container_id, ifname, fw_open, host_local, store } = self;
+        let AttachmentTail { host_veth, netns, container_id, ifname, fw_open, host_local, store } = self;
         let host_veth_existed = match Rtnl::new().and_then(|mut host| host.delete_link_by_name(&host_veth)) {
             Ok(existed) => existed,
             Err(e) => {
@@ -58,41 +57,71 @@ impl DelTail {
     }
 }
 
-/// DELs waiting for [`run_deferred`]; `None`: DEL does all its work before it returns.
-static DEFERRED: Mutex<Option<Vec<(String, DelTail)>>> = Mutex::new(None);
+/// The slow part of DELs whose firewall rules are already gone: deleting their links,
+/// releasing their addresses, removing their records, in order. A DEL hands it back to its
+/// caller, who decides when it runs: at once ([`DelTail::run_now`], what the exec'd plugin
+/// and in-process callers do through the engine), or after answering its own caller
+/// ([`DelTail::run`], podnet's shim after its reply). Until it runs the records stay, so a DEL
+/// or GC from another process still finds the attachments. A DEL that failed hands back
+/// nothing: it finished before returning, since its caller is told it failed.
+#[must_use = "a DEL is finished only when its tail has run"]
+#[derive(Default)]
+pub struct DelTail(Vec<(String, AttachmentTail)>);
 
-/// For a long-lived caller that answers before it finishes (podnet's shim): from now on, a DEL
-/// of this process removes the attachment's firewall rules and returns; deleting its links,
-/// releasing its addresses and removing its record wait for [`run_deferred`]. Until then the
-/// record stays, so a DEL or GC from another process still finds the attachment.
-pub fn defer_dels() {
-    let mut d = DEFERRED.lock().unwrap_or_else(|p| p.into_inner());
-    if d.is_none() {
-        *d = Some(Vec::new());
+impl std::fmt::Debug for DelTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(what, _)| what)).finish()
     }
 }
 
-/// Finishes the deferred DELs, in order; returns one message per DEL that failed.
-pub fn run_deferred() -> Vec<String> {
-    let pending = match DEFERRED.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-        Some(list) => std::mem::take(list),
-        None => return Vec::new(),
-    };
-    let mut failed = Vec::new();
-    for (what, tail) in pending {
-        let mut errs = ErrorList::default();
-        tail.run(&mut errs, true);
-        if let Err(e) = errs.into_result(&what) {
-            failed.push(e.to_string());
+impl DelTail {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Appends `other`'s DELs, to run after these.
+    pub fn append(&mut self, mut other: DelTail) {
+        self.0.append(&mut other.0);
+    }
+
+    /// Finishes the DELs, in order, after their caller was told they succeeded: a DEL with a
+    /// failed step keeps its record, so that a later DEL or GC can finish the work. The error
+    /// names each DEL that failed.
+    pub fn run(self) -> Result<()> {
+        self.finish(true)
+    }
+
+    /// Finishes the DELs, in order, before their caller is answered: a failure is the DEL's
+    /// own, and the record goes anyway (the caller retries, and DEL needs no record).
+    pub fn run_now(self) -> Result<()> {
+        self.finish(false)
+    }
+
+    fn finish(self, keep_record_on_error: bool) -> Result<()> {
+        let mut failed = Vec::new();
+        for (what, tail) in self.0 {
+            let mut errs = ErrorList::default();
+            tail.run(&mut errs, keep_record_on_error);
+            if let Err(e) = errs.into_result(&what) {
+                failed.push(e);
+            }
+        }
+        match failed.len() {
+            0 => Ok(()),
+            1 => Err(failed.remove(0)),
+            _ => {
+                let msgs: Vec<String> = failed.iter().map(|e| e.to_string()).collect();
+                Err(CniError::new(failed[0].code, msgs.join("; ")))
+            }
         }
     }
-    failed
 }
 
 impl BridgePlugin {
     /// DEL: idempotent, works without the pod's namespace, and reports every failure after
-    /// trying every step.
-    pub fn del(&self, req: &Request<'_>) -> Result<()> {
+    /// trying every step. Once the firewall rules are gone, the rest is handed back to run
+    /// when the caller chooses ([`DelTail`]).
+    pub fn del(&self, req: &Request<'_>) -> Result<DelTail> {
         let id = AttachmentId::new(&self.network, req.container_id, req.ifname);
         let mut errs = ErrorList::default();
         // Rules, then links, then the addresses go back to the pool: an IP is never free
@@ -107,7 +136,7 @@ impl BridgePlugin {
             fw_open = Some(fw);
             r
         }));
-        let tail = DelTail {
+        let tail = AttachmentTail {
             host_veth: id.host_veth(),
             netns: req.netns.map(Path::to_path_buf),
             container_id: req.container_id.to_owned(),
@@ -117,22 +146,13 @@ impl BridgePlugin {
             store: self.store(),
         };
         let what = format!("DEL {}/{} on network {}", req.container_id, req.ifname, self.network);
-        let deferred = {
-            let mut d = DEFERRED.lock().unwrap_or_else(|p| p.into_inner());
-            match d.as_mut() {
-                // The rules are gone and the caller is answered now; the links, the address and
-                // the record go right after, in order (see [`defer_dels`]).
-                Some(list) if errs.is_empty() => {
-                    list.push((what.clone(), tail));
-                    None
-                }
-                _ => Some(tail),
-            }
-        };
-        if let Some(tail) = deferred {
-            tail.run(&mut errs, false);
+        if errs.is_empty() {
+            // The rules are gone: the caller may answer now, and run the links, the address
+            // and the record right after, in order (see [`DelTail`]).
+            return Ok(DelTail(vec![(what, tail)]));
         }
-        errs.into_result(&what)
+        tail.run(&mut errs, false);
+        errs.into_result(&what).map(|()| DelTail::default())
     }
 
     /// GC: removes every attachment of this network that is not in `valid`: its records,
@@ -148,7 +168,7 @@ impl BridgePlugin {
                 for (cid, ifname, rec) in records {
                     if !is_valid(&cid, &ifname) {
                         // DEL needs no record, so a torn one is collected too.
-                        errs.push(self.del(&Request::new(&cid, &ifname, None)));
+                        errs.push(self.del(&Request::new(&cid, &ifname, None)).and_then(DelTail::run_now));
                     } else if let Err(e) = rec {
                         errs.0.push(e);
                     }
@@ -191,5 +211,79 @@ impl BridgePlugin {
             Err(e) => errs.push(Err(nl_err("list links", e))),
         }
         errs.into_result(&format!("GC of network {}", self.network))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attachment::Attachment;
+    use crate::error::codes;
+
+    fn record(store: &AttachmentStore, cid: &str) {
+        store
+            .save(&Attachment {
+                network: "tailnet".into(),
+                container_id: cid.into(),
+                ifname: "eth0".into(),
+                netns: String::new(),
+                bridge: "cni0".into(),
+                host_veth: format!("pntail{cid}"),
+                tag: String::new(),
+                result: serde_json::json!({}),
+            })
+            .unwrap();
+    }
+
+    /// A tail whose address release fails (and whose veth is already gone).
+    fn failing_tail(store_dir: &Path, cid: &str) -> DelTail {
+        let tail = AttachmentTail {
+            host_veth: format!("pntail{cid}"),
+            netns: None,
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            fw_open: None,
+            host_local: Err(CniError::new(codes::IO_FAILURE, "IPAM store unusable")),
+            store: AttachmentStore::new(Some(store_dir), "tailnet"),
+        };
+        DelTail(vec![(format!("DEL {cid}/eth0 on network tailnet"), tail)])
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn a_tail_run_after_the_reply_keeps_the_record_when_a_step_fails() {
+        assert_eq!(unsafe { libc::geteuid() }, 0, "root test run without root");
+        let dir = std::env::temp_dir().join(format!("podnet-deltail-{}", std::process::id()));
+        let ns = NetNs::create("deltail", Some(&dir.join("ns"))).unwrap();
+        let ns_path = ns.path().to_path_buf();
+        let state = dir.join("state");
+        let store = AttachmentStore::new(Some(&state), "tailnet");
+        record(&store, "a");
+        record(&store, "b");
+        // In a namespace of the test's own: the veth deletions find nothing.
+        let (after_reply, now) = ns
+            .run({
+                let state = state.clone();
+                move || (failing_tail(&state, "a").run(), failing_tail(&state, "b").run_now())
+            })
+            .unwrap();
+        let e = after_reply.unwrap_err();
+        assert!(e.msg.starts_with("DEL a/eth0 on network tailnet: IPAM store unusable"), "{e}");
+        assert!(store.load("a", "eth0").unwrap().is_some(), "run() must keep the record for a later DEL or GC");
+        assert!(now.unwrap_err().msg.contains("DEL b/eth0"));
+        assert!(store.load("b", "eth0").unwrap().is_none(), "run_now() removes the record anyway");
+        // Several DELs: one error naming each that failed; an empty tail is fine.
+        let mut both = failing_tail(&state, "a");
+        both.append(failing_tail(&state, "c"));
+        assert!(!both.is_empty());
+        let e = ns.run(move || both.run()).unwrap().unwrap_err();
+        assert!(e.msg.contains("DEL a/eth0") && e.msg.contains("DEL c/eth0"), "{e}");
+        DelTail::default().run().unwrap();
+        drop(ns);
+        podnet_netns::delete(&ns_path).unwrap();
+        let c = std::ffi::CString::new(dir.join("ns").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: undoes the bind mount NetNs::create made on the test's own directory.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

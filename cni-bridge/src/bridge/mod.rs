@@ -17,7 +17,7 @@ use crate::error::{codes, CniError, Result};
 use crate::ipam::{HostLocal, IpamConfig};
 
 pub use config::{BridgeConfig, DEFAULT_BRIDGE};
-pub use del::{defer_dels, run_deferred};
+pub use del::DelTail;
 
 /// Everything an ADD, DEL, CHECK or GC of the bridge plugin needs from the plugin input.
 pub struct BridgePlugin {
