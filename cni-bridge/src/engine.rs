@@ -1,5 +1,7 @@
-//! The engine's entry points: one plugin step (what an exec'd plugin runs), and a whole
-//! network configuration run in-process in the order libcni would exec its plugins.
+//! The engine's entry points, dispatch only: one plugin step by type (what an exec'd plugin
+//! runs), and ADD / DEL of a whole network configuration in-process, in the order libcni
+//! would exec its plugins (ADD forward, DEL reverse; the shim's standalone pods). CHECK, GC
+//! and STATUS run per plugin step: the runtimes that call them exec the plugin.
 
 use serde_json::{Map, Value};
 
@@ -85,25 +87,16 @@ fn valid_attachments(input: &PluginInput) -> Result<Vec<(String, String)>> {
         .ok_or_else(|| CniError::invalid_config("cni.dev/valid-attachments", "required for GC"))
 }
 
-fn plugin_input(
-    net: &NetworkConfig,
-    i: usize,
-    prev: Option<&Value>,
-    rc: &Map<String, Value>,
-    extra: &[(&str, Value)],
-) -> Result<PluginInput> {
-    let mut stdin = net.plugins[i].stdin_for(net, prev, rc);
-    for (k, v) in extra {
-        stdin[*k] = v.clone();
-    }
+fn plugin_input(net: &NetworkConfig, i: usize, prev: Option<&Value>, rc: &Map<String, Value>) -> Result<PluginInput> {
+    let stdin = net.plugins[i].stdin_for(net, prev, rc);
     let bytes = serde_json::to_vec(&stdin).map_err(|e| CniError::internal("encode plugin config", e))?;
     PluginInput::parse(&bytes).map_err(|e| e.context(format!("plugins[{i}]")))
 }
 
 /// Validates every plugin of a network configuration.
-pub fn validate_network(net: &NetworkConfig) -> Result<()> {
+fn validate_network(net: &NetworkConfig) -> Result<()> {
     for i in 0..net.plugins.len() {
-        validate(&plugin_input(net, i, None, &Map::new(), &[])?).map_err(|e| e.context(format!("plugins[{i}]")))?;
+        validate(&plugin_input(net, i, None, &Map::new())?).map_err(|e| e.context(format!("plugins[{i}]")))?;
     }
     Ok(())
 }
@@ -113,7 +106,7 @@ pub fn add_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<
     validate_network(net)?;
     let mut prev: Option<Value> = None;
     for i in 0..net.plugins.len() {
-        let step = plugin_input(net, i, prev.as_ref(), runtime_config, &[])
+        let step = plugin_input(net, i, prev.as_ref(), runtime_config)
             .and_then(|input| run_plugin(Command::Add, &input, req).map(|r| (r, input)));
         match step {
             Ok((Some(r), input)) => prev = Some(r.to_json(&input.cni_version)?),
@@ -150,8 +143,8 @@ impl Chain<'_> {
         let mut errs = ErrorList::default();
         let mut tails = DelTail::default();
         for i in (0..upto).rev() {
-            let del = plugin_input(self.net, i, prev, self.runtime_config, &[])
-                .and_then(|input| del_plugin(&input, self.req));
+            let del =
+                plugin_input(self.net, i, prev, self.runtime_config).and_then(|input| del_plugin(&input, self.req));
             match del {
                 Ok(tail) if defer => tails.append(tail),
                 Ok(tail) => errs.push(tail.run_now()),
@@ -188,52 +181,4 @@ pub fn del_network_deferred(
 ) -> Result<DelTail> {
     let prev = prev.map(|p| p.to_json(&net.cni_version)).transpose()?;
     Chain { net, req, runtime_config }.del(prev.as_ref(), net.plugins.len(), true)
-}
-
-/// CHECK of a whole network configuration against the result of its ADD.
-pub fn check_network(
-    net: &NetworkConfig,
-    req: &Request<'_>,
-    runtime_config: &Map<String, Value>,
-    prev: &CniResult,
-) -> Result<()> {
-    if net.disable_check {
-        return Ok(());
-    }
-    let prev = prev.to_json(&net.cni_version)?;
-    for i in 0..net.plugins.len() {
-        let input = plugin_input(net, i, Some(&prev), runtime_config, &[])?;
-        run_plugin(Command::Check, &input, req)?;
-    }
-    Ok(())
-}
-
-/// GC of a whole network configuration: everything not in `valid` (container id, ifname) goes.
-pub fn gc_network(net: &NetworkConfig, valid: &[(String, String)]) -> Result<()> {
-    // libcni skips GC for configurations older than 1.1.0, and when disableGC is set.
-    if net.disable_gc || !crate::config::version_at_least(&net.cni_version, "1.1.0")? {
-        return Ok(());
-    }
-    let list: Vec<Value> = valid.iter().map(|(c, i)| serde_json::json!({"containerID": c, "ifname": i})).collect();
-    let req = Request::new("", "", None);
-    let mut errs = ErrorList::default();
-    for i in 0..net.plugins.len() {
-        errs.push(
-            plugin_input(net, i, None, &Map::new(), &[("cni.dev/valid-attachments", Value::Array(list.clone()))])
-                .and_then(|input| run_plugin(Command::Gc, &input, &req).map(drop)),
-        );
-    }
-    errs.into_result(&format!("GC of network {}", net.name))
-}
-
-/// STATUS of a whole network configuration.
-pub fn status_network(net: &NetworkConfig) -> Result<()> {
-    if !crate::config::version_at_least(&net.cni_version, "1.1.0")? {
-        return Ok(());
-    }
-    let req = Request::new("", "", None);
-    for i in 0..net.plugins.len() {
-        run_plugin(Command::Status, &plugin_input(net, i, None, &Map::new(), &[])?, &req)?;
-    }
-    Ok(())
 }

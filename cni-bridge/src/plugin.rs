@@ -1,7 +1,8 @@
-//! The CNI plugin entry: config on stdin, CNI_* in the environment, the result (or an
-//! error object) on stdout, exit status 0 or 1 as the spec requires.
+//! The CNI plugin edge: one invocation's config (stdin) and CNI_* variables in, the result
+//! (or an error object) written out, exit status 0 or 1 as the spec requires. The process's
+//! own stdin, stdout and environment are read by the binary (the shim's `cni::plugin_main`).
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use crate::args::{CniArgs, Command};
 use crate::config::{PluginInput, LATEST_VERSION};
@@ -12,19 +13,6 @@ use crate::result::version_info;
 /// Whether the process was exec'd as a CNI plugin (CNI_COMMAND is set).
 pub fn invoked_as_plugin() -> bool {
     std::env::var_os("CNI_COMMAND").is_some()
-}
-
-/// Runs one plugin invocation with the process's stdin, stdout and environment; returns the
-/// exit status.
-pub fn main() -> i32 {
-    let mut stdin = Vec::new();
-    let read = std::io::stdin().read_to_end(&mut stdin);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    match read {
-        Ok(_) => run(&stdin, |k| std::env::var(k).ok(), &mut out),
-        Err(e) => emit_error(&mut out, LATEST_VERSION, &CniError::io("read the network configuration from stdin", e)),
-    }
 }
 
 /// One invocation: `stdin` is the plugin config, `env` looks up CNI_* variables. A DEL is
