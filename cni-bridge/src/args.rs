@@ -8,7 +8,7 @@
 //! chain in-process and execs no plugin binary. An empty variable counts as missing.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::error::{codes, CniError, Result};
@@ -164,6 +164,38 @@ impl CniArgs {
     /// `IgnoreUnknown` needs no special handling.
     pub fn arg(&self, key: &str) -> Option<&str> {
         self.args.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The runtime's side of an invocation: which container, which interface, which namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub netns: Option<&'a Path>,
+    /// CNI_ARGS pairs (`IP=`, `MAC=`, `K8S_POD_NAME=` ...).
+    pub args: &'a [(String, String)],
+}
+
+impl<'a> Request<'a> {
+    pub fn new(container_id: &'a str, ifname: &'a str, netns: Option<&'a Path>) -> Self {
+        Request { container_id, ifname, netns, args: &[] }
+    }
+
+    pub fn with_args(mut self, args: &'a [(String, String)]) -> Self {
+        self.args = args;
+        self
+    }
+
+    pub fn arg(&self, key: &str) -> Option<&'a str> {
+        self.args.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+impl CniArgs {
+    /// The invocation as the plugins read it.
+    pub fn request(&self) -> Request<'_> {
+        Request::new(&self.container_id, &self.ifname, self.netns.as_deref()).with_args(&self.args)
     }
 }
 

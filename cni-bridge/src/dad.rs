@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use podnet_netns::NetNs;
 
-use crate::engine::nl_err;
-use crate::error::{codes, CniError, Result};
+use crate::error::{codes, nl_err, CniError, Result};
 use crate::rtnl::{Rtnl, IFA_F_DADFAILED, IFA_F_TENTATIVE};
 
 const RTNLGRP_IPV6_IFADDR: u32 = 9;

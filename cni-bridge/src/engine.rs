@@ -1,58 +1,18 @@
-//! The engine's entry points: one plugin step (what an exec'd plugin runs), and a whole
-//! network configuration run in-process in the order libcni would exec its plugins.
-
-use std::path::Path;
+//! The engine's entry points, dispatch only: one plugin step by type (what an exec'd plugin
+//! runs), and ADD / DEL of a whole network configuration in-process, in the order libcni
+//! would exec its plugins (ADD forward, DEL reverse; the shim's standalone pods). CHECK, GC
+//! and STATUS run per plugin step: the runtimes that call them exec the plugin.
 
 use serde_json::{Map, Value};
 
 use crate::args::Command;
+pub use crate::args::Request;
+pub use crate::bridge::del::DelTail;
 use crate::bridge::BridgePlugin;
 use crate::config::{NetworkConfig, PluginInput};
 use crate::error::{codes, CniError, ErrorList, Result};
-use crate::netlink::NlError;
-use crate::result::{CniResult, Dns};
+use crate::result::CniResult;
 use crate::{loopback, portmap};
-
-/// The runtime's side of an invocation: which container, which interface, which namespace.
-#[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
-    pub container_id: &'a str,
-    pub ifname: &'a str,
-    pub netns: Option<&'a Path>,
-    /// CNI_ARGS pairs (`IP=`, `MAC=`, `K8S_POD_NAME=` ...).
-    pub args: &'a [(String, String)],
-}
-
-impl<'a> Request<'a> {
-    pub fn new(container_id: &'a str, ifname: &'a str, netns: Option<&'a Path>) -> Self {
-        Request { container_id, ifname, netns, args: &[] }
-    }
-
-    pub fn with_args(mut self, args: &'a [(String, String)]) -> Self {
-        self.args = args;
-        self
-    }
-
-    pub fn arg(&self, key: &str) -> Option<&'a str> {
-        self.args.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-}
-
-/// A netlink failure as a CNI error naming what was being done.
-pub fn nl_err(what: &str, e: NlError) -> CniError {
-    CniError::new(codes::INTERNAL, format!("{what}: {e}"))
-}
-
-/// The result's DNS: the conf's `dns` if it says anything, else IPAM's resolvConf.
-pub fn dns_for(conf: Option<&Dns>, resolv_conf: Option<&Path>) -> Result<Dns> {
-    if let Some(d) = conf.filter(|d| !d.is_empty()) {
-        return Ok(d.clone());
-    }
-    match resolv_conf {
-        Some(p) => crate::ipam::parse_resolv_conf(p),
-        None => Ok(Dns::default()),
-    }
-}
 
 /// Plugin types the engine runs. `podnet` is bridge + host-local + portmap in one step.
 pub const PLUGIN_TYPES: &[&str] = &["podnet", "bridge", "portmap", "loopback"];
@@ -74,7 +34,11 @@ pub fn validate(input: &PluginInput) -> Result<()> {
 
 /// Runs one plugin step, as an exec'd plugin would. ADD returns the result; the other
 /// commands return `None` on success.
+/// DEL finishes before it returns (see [`del_plugin`] for one that hands its tail back).
 pub fn run_plugin(cmd: Command, input: &PluginInput, req: &Request<'_>) -> Result<Option<CniResult>> {
+    if cmd == Command::Del {
+        return del_plugin(input, req)?.run_now().map(|()| None);
+    }
     let t = input.plugin_type.as_str();
     match (t, cmd) {
         ("podnet" | "bridge", _) => {
@@ -86,22 +50,30 @@ pub fn run_plugin(cmd: Command, input: &PluginInput, req: &Request<'_>) -> Resul
                     }
                     p.add(input, req, t == "podnet").map(Some)
                 }
-                Command::Del => p.del(req).map(|()| None),
                 Command::Check => p.check(input, req).map(|()| None),
                 Command::Gc => p.gc(&valid_attachments(input)?).map(|()| None),
                 Command::Status => p.status().map(|()| None),
-                Command::Version => Ok(None),
+                Command::Del | Command::Version => Ok(None),
             }
         }
         ("portmap", Command::Add) => portmap::add(input, req).map(Some),
-        ("portmap", Command::Del) => portmap::del(input, req).map(|()| None),
         ("portmap", Command::Check) => portmap::check(input, req).map(|()| None),
         ("portmap", Command::Gc) => portmap::gc(input, &valid_attachments(input)?).map(|()| None),
         ("loopback", Command::Add) => loopback::add(input, req).map(Some),
-        ("loopback", Command::Del) => loopback::del(req).map(|()| None),
         ("loopback", Command::Check) => loopback::check(req).map(|()| None),
         ("portmap" | "loopback", _) => Ok(None),
         (t, _) => Err(unknown_type(t)),
+    }
+}
+
+/// DEL of one plugin step. The bridge's links, addresses and record are handed back once its
+/// rules are gone, for the caller to finish ([`DelTail`]); a DEL that failed has finished.
+pub fn del_plugin(input: &PluginInput, req: &Request<'_>) -> Result<DelTail> {
+    match input.plugin_type.as_str() {
+        "podnet" | "bridge" => BridgePlugin::from_input(input)?.del(req),
+        "portmap" => portmap::del(input, req).map(|()| DelTail::default()),
+        "loopback" => loopback::del(req).map(|()| DelTail::default()),
+        t => Err(unknown_type(t)),
     }
 }
 
@@ -112,25 +84,16 @@ fn valid_attachments(input: &PluginInput) -> Result<Vec<(String, String)>> {
         .ok_or_else(|| CniError::invalid_config("cni.dev/valid-attachments", "required for GC"))
 }
 
-fn plugin_input(
-    net: &NetworkConfig,
-    i: usize,
-    prev: Option<&Value>,
-    rc: &Map<String, Value>,
-    extra: &[(&str, Value)],
-) -> Result<PluginInput> {
-    let mut stdin = net.plugins[i].stdin_for(net, prev, rc);
-    for (k, v) in extra {
-        stdin[*k] = v.clone();
-    }
+fn plugin_input(net: &NetworkConfig, i: usize, prev: Option<&Value>, rc: &Map<String, Value>) -> Result<PluginInput> {
+    let stdin = net.plugins[i].stdin_for(net, prev, rc);
     let bytes = serde_json::to_vec(&stdin).map_err(|e| CniError::internal("encode plugin config", e))?;
     PluginInput::parse(&bytes).map_err(|e| e.context(format!("plugins[{i}]")))
 }
 
 /// Validates every plugin of a network configuration.
-pub fn validate_network(net: &NetworkConfig) -> Result<()> {
+fn validate_network(net: &NetworkConfig) -> Result<()> {
     for i in 0..net.plugins.len() {
-        validate(&plugin_input(net, i, None, &Map::new(), &[])?).map_err(|e| e.context(format!("plugins[{i}]")))?;
+        validate(&plugin_input(net, i, None, &Map::new())?).map_err(|e| e.context(format!("plugins[{i}]")))?;
     }
     Ok(())
 }
@@ -140,7 +103,7 @@ pub fn add_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<
     validate_network(net)?;
     let mut prev: Option<Value> = None;
     for i in 0..net.plugins.len() {
-        let step = plugin_input(net, i, prev.as_ref(), runtime_config, &[])
+        let step = plugin_input(net, i, prev.as_ref(), runtime_config)
             .and_then(|input| run_plugin(Command::Add, &input, req).map(|r| (r, input)));
         match step {
             Ok((Some(r), input)) => prev = Some(r.to_json(&input.cni_version)?),
@@ -148,7 +111,8 @@ pub fn add_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<
             Err(e) => {
                 // The failed step undid its own work; DEL the steps before it, as libcni's
                 // caller would.
-                let undo = del_plugins(net, req, runtime_config, prev.as_ref(), i);
+                let chain = Chain { net, req, runtime_config };
+                let undo = chain.del(prev.as_ref(), i, false).and_then(DelTail::run_now);
                 return Err(match undo {
                     Ok(()) => e,
                     Err(u) => e.with_details(format!("cleanup after the failed ADD also failed: {u}")),
@@ -160,20 +124,36 @@ pub fn add_network(net: &NetworkConfig, req: &Request<'_>, runtime_config: &Map<
     CniResult::from_json(&prev)
 }
 
-fn del_plugins(
-    net: &NetworkConfig,
-    req: &Request<'_>,
-    rc: &Map<String, Value>,
-    prev: Option<&Value>,
-    upto: usize,
-) -> Result<()> {
-    let mut errs = ErrorList::default();
-    for i in (0..upto).rev() {
-        errs.push(
-            plugin_input(net, i, prev, rc, &[]).and_then(|input| run_plugin(Command::Del, &input, req).map(drop)),
-        );
+/// A network configuration run in-process for one attachment: what each plugin step reads.
+struct Chain<'a> {
+    net: &'a NetworkConfig,
+    req: &'a Request<'a>,
+    runtime_config: &'a Map<String, Value>,
+}
+
+impl Chain<'_> {
+    /// DEL of the plugins before `upto`, in reverse order; every plugin runs even if one
+    /// fails. Without `defer`, each DEL finishes before the next, as exec'd plugins would;
+    /// with it, the bridge's tails are handed back in order, unless a DEL failed: then they
+    /// run now, and the error (which the caller reports) covers them.
+    fn del(&self, prev: Option<&Value>, upto: usize, defer: bool) -> Result<DelTail> {
+        let mut errs = ErrorList::default();
+        let mut tails = DelTail::default();
+        for i in (0..upto).rev() {
+            let del =
+                plugin_input(self.net, i, prev, self.runtime_config).and_then(|input| del_plugin(&input, self.req));
+            match del {
+                Ok(tail) if defer => tails.append(tail),
+                Ok(tail) => errs.push(tail.run_now()),
+                Err(e) => errs.0.push(e),
+            }
+        }
+        if errs.is_empty() {
+            return Ok(tails);
+        }
+        errs.push(tails.run_now());
+        errs.into_result(&format!("DEL of network {}", self.net.name)).map(|()| DelTail::default())
     }
-    errs.into_result(&format!("DEL of network {}", net.name))
 }
 
 /// DEL of a whole network configuration, in reverse order; every plugin runs even if one fails.
@@ -184,53 +164,18 @@ pub fn del_network(
     prev: Option<&CniResult>,
 ) -> Result<()> {
     let prev = prev.map(|p| p.to_json(&net.cni_version)).transpose()?;
-    del_plugins(net, req, runtime_config, prev.as_ref(), net.plugins.len())
+    Chain { net, req, runtime_config }.del(prev.as_ref(), net.plugins.len(), false)?.run_now()
 }
 
-/// CHECK of a whole network configuration against the result of its ADD.
-pub fn check_network(
+/// [`del_network`] for a caller that answers before the DEL is finished (podnet's shim): once
+/// every plugin's rules are gone, the links, addresses and records are handed back, to run
+/// after the answer ([`DelTail::run`]).
+pub fn del_network_deferred(
     net: &NetworkConfig,
     req: &Request<'_>,
     runtime_config: &Map<String, Value>,
-    prev: &CniResult,
-) -> Result<()> {
-    if net.disable_check {
-        return Ok(());
-    }
-    let prev = prev.to_json(&net.cni_version)?;
-    for i in 0..net.plugins.len() {
-        let input = plugin_input(net, i, Some(&prev), runtime_config, &[])?;
-        run_plugin(Command::Check, &input, req)?;
-    }
-    Ok(())
-}
-
-/// GC of a whole network configuration: everything not in `valid` (container id, ifname) goes.
-pub fn gc_network(net: &NetworkConfig, valid: &[(String, String)]) -> Result<()> {
-    // libcni skips GC for configurations older than 1.1.0, and when disableGC is set.
-    if net.disable_gc || !crate::config::version_at_least(&net.cni_version, "1.1.0")? {
-        return Ok(());
-    }
-    let list: Vec<Value> = valid.iter().map(|(c, i)| serde_json::json!({"containerID": c, "ifname": i})).collect();
-    let req = Request::new("", "", None);
-    let mut errs = ErrorList::default();
-    for i in 0..net.plugins.len() {
-        errs.push(
-            plugin_input(net, i, None, &Map::new(), &[("cni.dev/valid-attachments", Value::Array(list.clone()))])
-                .and_then(|input| run_plugin(Command::Gc, &input, &req).map(drop)),
-        );
-    }
-    errs.into_result(&format!("GC of network {}", net.name))
-}
-
-/// STATUS of a whole network configuration.
-pub fn status_network(net: &NetworkConfig) -> Result<()> {
-    if !crate::config::version_at_least(&net.cni_version, "1.1.0")? {
-        return Ok(());
-    }
-    let req = Request::new("", "", None);
-    for i in 0..net.plugins.len() {
-        run_plugin(Command::Status, &plugin_input(net, i, None, &Map::new(), &[])?, &req)?;
-    }
-    Ok(())
+    prev: Option<&CniResult>,
+) -> Result<DelTail> {
+    let prev = prev.map(|p| p.to_json(&net.cni_version)).transpose()?;
+    Chain { net, req, runtime_config }.del(prev.as_ref(), net.plugins.len(), true)
 }

@@ -87,6 +87,11 @@ impl fmt::Display for CniError {
 
 impl std::error::Error for CniError {}
 
+/// A netlink failure as a CNI error naming what was being done.
+pub(crate) fn nl_err(what: &str, e: crate::netlink::NlError) -> CniError {
+    CniError::new(codes::INTERNAL, format!("{what}: {e}"))
+}
+
 /// Collects every error of a teardown so that one failure never stops the rest.
 #[derive(Debug, Default)]
 pub struct ErrorList(pub Vec<CniError>);

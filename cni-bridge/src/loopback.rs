@@ -2,9 +2,9 @@
 
 use podnet_netns::NetNs;
 
+use crate::args::Request;
 use crate::config::PluginInput;
-use crate::engine::{nl_err, Request};
-use crate::error::{codes, CniError, Result};
+use crate::error::{codes, nl_err, CniError, Result};
 use crate::result::{CniResult, Interface, IpConfig};
 use crate::rtnl::Rtnl;
 

@@ -1,11 +1,12 @@
-//! The CNI plugin entry: config on stdin, CNI_* in the environment, the result (or an
-//! error object) on stdout, exit status 0 or 1 as the spec requires.
+//! The CNI plugin edge: one invocation's config (stdin) and CNI_* variables in, the result
+//! (or an error object) written out, exit status 0 or 1 as the spec requires. The process's
+//! own stdin, stdout and environment are read by the binary (the shim's `cni::plugin_main`).
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use crate::args::{CniArgs, Command};
 use crate::config::{PluginInput, LATEST_VERSION};
-use crate::engine::{run_plugin, Request};
+use crate::engine::{del_plugin, run_plugin, DelTail};
 use crate::error::{codes, CniError, Result};
 use crate::result::version_info;
 
@@ -14,46 +15,50 @@ pub fn invoked_as_plugin() -> bool {
     std::env::var_os("CNI_COMMAND").is_some()
 }
 
-/// Runs one plugin invocation with the process's stdin, stdout and environment; returns the
-/// exit status.
-pub fn main() -> i32 {
-    let mut stdin = Vec::new();
-    let read = std::io::stdin().read_to_end(&mut stdin);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    match read {
-        Ok(_) => run(&stdin, |k| std::env::var(k).ok(), &mut out),
-        Err(e) => emit_error(&mut out, LATEST_VERSION, &CniError::io("read the network configuration from stdin", e)),
-    }
+/// One invocation: `stdin` is the plugin config, `env` looks up CNI_* variables. A DEL is
+/// finished before the answer is written, as an exec'd plugin's must be.
+pub fn run(stdin: &[u8], env: impl Fn(&str) -> Option<String>, out: &mut impl Write) -> i32 {
+    let answer = invoke(stdin, env).and_then(|(json, tail)| tail.run_now().map(|()| json));
+    emit(out, &answer_version(stdin), answer)
 }
 
-/// One invocation: `stdin` is the plugin config, `env` looks up CNI_* variables.
-pub fn run(stdin: &[u8], env: impl Fn(&str) -> Option<String>, out: &mut impl Write) -> i32 {
-    // The version to answer in: the config's if it is readable, else the latest.
-    let version = serde_json::from_slice::<serde_json::Value>(stdin)
+/// [`run`] for a caller that answers before a DEL is finished (podnet's shim): the answer is
+/// written once the DEL's rules are gone, and the rest of it is handed back, to run after the
+/// answer is delivered ([`DelTail::run`]).
+pub fn run_deferred(stdin: &[u8], env: impl Fn(&str) -> Option<String>, out: &mut impl Write) -> (i32, DelTail) {
+    let (answer, tail) = match invoke(stdin, env) {
+        Ok((json, tail)) => (Ok(json), tail),
+        Err(e) => (Err(e), DelTail::default()),
+    };
+    (emit(out, &answer_version(stdin), answer), tail)
+}
+
+/// The version to answer in: the config's if it is readable, else the latest.
+fn answer_version(stdin: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(stdin)
         .ok()
         .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| LATEST_VERSION.to_owned());
-    match invoke(stdin, env) {
+        .unwrap_or_else(|| LATEST_VERSION.to_owned())
+}
+
+/// Writes the result (or the error object); returns the exit status.
+fn emit(out: &mut impl Write, version: &str, answer: Result<Option<serde_json::Value>>) -> i32 {
+    match answer {
         Ok(Some(json)) => match serde_json::to_writer(&mut *out, &json) {
             Ok(()) => {
                 let _ = out.flush();
                 0
             }
-            Err(e) => emit_error(out, &version, &CniError::io("write the result", e)),
+            Err(e) => emit_error(out, version, &CniError::io("write the result", e)),
         },
         Ok(None) => 0,
-        Err(e) => emit_error(out, &version, &e),
+        Err(e) => emit_error(out, version, &e),
     }
 }
 
-fn invoke(stdin: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Option<serde_json::Value>> {
+fn invoke(stdin: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<(Option<serde_json::Value>, DelTail)> {
     if env("CNI_COMMAND").as_deref() == Some("VERSION") {
-        let v = serde_json::from_slice::<serde_json::Value>(stdin)
-            .ok()
-            .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| LATEST_VERSION.to_owned());
-        return Ok(Some(version_info(&v)));
+        return Ok((Some(version_info(&answer_version(stdin))), DelTail::default()));
     }
     let args = CniArgs::from_env_with(env)?;
     let input = PluginInput::parse(stdin)?;
@@ -74,10 +79,13 @@ fn invoke(stdin: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Option<s
             ));
         }
     }
-    let req = Request::new(&args.container_id, &args.ifname, args.netns.as_deref()).with_args(&args.args);
+    let req = args.request();
+    if args.command == Command::Del {
+        return del_plugin(&input, &req).map(|tail| (None, tail));
+    }
     match run_plugin(args.command, &input, &req)? {
-        Some(res) => Ok(Some(res.to_json(&input.cni_version)?)),
-        None => Ok(None),
+        Some(res) => Ok((Some(res.to_json(&input.cni_version)?), DelTail::default())),
+        None => Ok((None, DelTail::default())),
     }
 }
 

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::config::{PluginInput, PortMapping};
-use crate::engine::{nl_err, Request};
-use crate::error::{codes, CniError, ErrorList, Result};
+use crate::args::Request;
+use crate::config::{Fields, PluginInput, PortMapping};
+use crate::error::{codes, nl_err, CniError, ErrorList, Result};
 use crate::names::AttachmentId;
 use crate::nft::{Firewall, FirewallPlan, PortMap};
 use crate::result::CniResult;
@@ -42,12 +42,13 @@ pub fn plan(maps: &[PortMapping], pod_ips: &[IpNet]) -> Vec<PortMap> {
 /// exposing hostPorts more widely than the admin asked (`conditionsV4`/`V6` restrict sources)
 /// or masquerading when told not to (`snat: false`).
 pub fn check_options(raw: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    let f = Fields::config(raw);
     for key in ["conditionsV4", "conditionsV6"] {
-        if raw.get(key).is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty())) {
+        if f.get(key).is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty())) {
             return Err(CniError::invalid_config(key, "iptables match conditions are not supported by podnet"));
         }
     }
-    if raw.get("snat").is_some_and(|v| v == &serde_json::Value::Bool(false)) {
+    if f.get("snat").is_some_and(|v| v == &serde_json::Value::Bool(false)) {
         return Err(CniError::invalid_config(
             "snat",
             "false is not supported: podnet always masquerades hairpin and localhost hostPort traffic",

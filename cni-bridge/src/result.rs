@@ -15,7 +15,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 
-use crate::config::{is_supported_version, json_type, version_at_least, Fields, LATEST_VERSION, SUPPORTED_VERSIONS};
+use crate::config::fields::{json_type, Fields};
+use crate::config::version::{is_supported_version, version_at_least, LATEST_VERSION, SUPPORTED_VERSIONS};
 use crate::error::{codes, CniError, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use cni_bridge::attachment::AttachmentStore;
 use cni_bridge::config::{PluginInput, LATEST_VERSION};
+use cni_bridge::engine::DelTail;
 use cni_bridge::error::codes;
 use cni_bridge::CniError;
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,13 @@ impl Invocation {
         let mut out = Vec::new();
         let exit_code = cni_bridge::plugin::run(self.stdin.as_bytes(), |k| self.env.get(k).cloned(), &mut out);
         Outcome { exit_code, stdout: String::from_utf8_lossy(&out).into_owned() }
+    }
+    /// Runs it here, a DEL's links, addresses and record handed back to finish after the reply.
+    fn run_here_deferred(&self) -> (Outcome, DelTail) {
+        let mut out = Vec::new();
+        let (exit_code, tail) =
+            cni_bridge::plugin::run_deferred(self.stdin.as_bytes(), |k| self.env.get(k).cloned(), &mut out);
+        (Outcome { exit_code, stdout: String::from_utf8_lossy(&out).into_owned() }, tail)
     }
     /// The ttrpc method for its command.
     fn method(&self) -> Option<&'static str> {
@@ -152,15 +160,15 @@ impl Handoff {
 }
 
 /// The shim side: runs a handed-off invocation with the engine; returns it (for the attachment
-/// it names) with its outcome.
-pub fn serve(method: &str, payload: &[u8]) -> Result<(Invocation, Outcome)> {
+/// it names) with its outcome, and what of a DEL is left to run after the reply.
+pub fn serve(method: &str, payload: &[u8]) -> Result<(Invocation, Outcome, DelTail)> {
     let inv: Invocation = serde_json::from_slice(payload)
         .map_err(|e| Error::Invalid(format!("{SERVICE}/{method}: malformed request: {e}")))?;
     if inv.method() != Some(method) {
         return Err(Error::Invalid(format!("{SERVICE}/{method}: CNI_COMMAND is {:?}", inv.command())));
     }
-    let outcome = inv.run_here();
-    Ok((inv, outcome))
+    let (outcome, tail) = inv.run_here_deferred();
+    Ok((inv, outcome, tail))
 }
 
 /// The plugin's entry (CNI_COMMAND is set): config on stdin, the result on stdout.

@@ -85,9 +85,6 @@ fn daemon(flags: Flags) -> i32 {
     let socket = listener.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.to_path_buf()));
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
     tracing::info!(id = %flags.id, namespace = %flags.namespace, "shim started");
-    // CNI DELs handed over by the plugin are answered once their rules are gone; the veth
-    // (whose deletion waits for the kernel) goes right after the reply (see server::serve).
-    cni_bridge::bridge::defer_dels();
     let mut shim = service::Shim::new(flags, &ttrpc_address);
     let result = server::serve(listener, &mut shim);
     if let Some(path) = socket {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use cni_bridge::config::NetworkConfig;
-use cni_bridge::engine::{self, Request};
+use cni_bridge::engine::{self, DelTail, Request};
 use cni_bridge::result::CniResult;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -183,21 +183,39 @@ pub fn setup(cfg: &Config, namespace: &str, id: &str, ports: &[Value]) -> Result
 
 /// DEL of the network, then the namespace; both are tried, all failures are reported.
 pub fn teardown(rec: &NetRecord) -> Result<()> {
+    // Not deferring, the DEL finished before it returned: it hands nothing back.
+    let (_empty, r) = teardown_with(rec, false);
+    r
+}
+
+/// [`teardown`] for the shim, which answers first: the DEL's links, addresses and records are
+/// handed back, to run after the reply ([`DelTail::run`]).
+pub fn teardown_deferred(rec: &NetRecord) -> (DelTail, Result<()>) {
+    teardown_with(rec, true)
+}
+
+fn teardown_with(rec: &NetRecord, defer: bool) -> (DelTail, Result<()>) {
     let mut errs = Errors::new();
+    let mut tail = DelTail::default();
     match parse_conflist(&rec.conf_file, &rec.conflist) {
         Ok(net) => {
             let prev = rec.result.as_ref().and_then(|v| CniResult::from_json(v).ok());
             let netns = rec.netns.exists().then_some(rec.netns.as_path());
             let req = Request::new(&rec.container_id, &rec.ifname, netns).with_args(&rec.args);
-            errs.push(
-                engine::del_network(&net, &req, &rec.runtime_config, prev.as_ref())
-                    .map_err(|e| Error::from(e).context(format!("DEL of network {:?}", net.name))),
-            );
+            let del = if defer {
+                engine::del_network_deferred(&net, &req, &rec.runtime_config, prev.as_ref())
+            } else {
+                engine::del_network(&net, &req, &rec.runtime_config, prev.as_ref()).map(|()| DelTail::default())
+            };
+            match del {
+                Ok(t) => tail = t,
+                Err(e) => errs.add(Error::from(e).context(format!("DEL of network {:?}", net.name))),
+            }
         }
         Err(e) => errs.add(e),
     }
     errs.push(podnet_netns::delete(&rec.netns).map_err(netns_err));
-    errs.into_result()
+    (tail, errs.into_result())
 }
 
 /// The network of standalone pod `id` whose record is lost (unreadable): DEL of the default

@@ -54,8 +54,10 @@ pub fn serve(listener: UnixListener, shim: &mut Shim) -> std::io::Result<()> {
             }
         }
         // A DEL's reply is out by now: finish its slow part (the veth) before anything else.
-        for e in cni_bridge::bridge::run_deferred() {
-            tracing::warn!("finishing a network DEL: {e}");
+        for tail in shim.take_del_tails() {
+            if let Err(e) = tail.run() {
+                tracing::warn!("finishing a network DEL: {e}");
+            }
         }
         if shim.shutting_down() {
             tracing::info!("shutting down: no task and no network left");

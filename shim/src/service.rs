@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use cni_bridge::engine::DelTail;
 use containerd_shim_protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused, TaskResumed,
     TaskStart,
@@ -44,6 +45,8 @@ pub struct Shim {
     publisher: Publisher,
     runtime: Option<(PathBuf, Runtime)>,
     tasks: Tasks,
+    /// What the network DELs answered already have left to do (see [`Shim::take_del_tails`]).
+    del_tails: Vec<DelTail>,
     shutdown: bool,
     /// The pod attachments (container id, ifname) CRI's CNI calls set up through this shim.
     networks: std::collections::BTreeSet<(String, String)>,
@@ -92,7 +95,15 @@ fn wait_response(exit: Exit) -> WaitResponse {
 impl Shim {
     pub fn new(flags: Flags, ttrpc_address: &str) -> Shim {
         let publisher = Publisher::new(ttrpc_address, &flags.namespace);
-        Shim { flags, publisher, runtime: None, tasks: Tasks::default(), shutdown: false, networks: Default::default() }
+        Shim {
+            flags,
+            publisher,
+            runtime: None,
+            tasks: Tasks::default(),
+            del_tails: Vec::new(),
+            shutdown: false,
+            networks: Default::default(),
+        }
     }
 
     /// Whether Shutdown may end the process: no task and no network left.
@@ -104,7 +115,8 @@ impl Shim {
     /// here. A shim left with neither a task nor a network (its pod's DEL went through, or the
     /// ADD that spawned it failed) ends.
     pub fn network(&mut self, method: &str, payload: &[u8]) -> Result<Vec<u8>, RpcError> {
-        let (inv, outcome) = crate::cni::serve(method, payload)?;
+        let (inv, outcome, tail) = crate::cni::serve(method, payload)?;
+        self.del_tails.push(tail);
         let (id, ifname) = inv.attachment();
         if outcome.exit_code == 0 {
             match method {
@@ -143,6 +155,12 @@ impl Shim {
                 payload: crate::ttrpc::response(encode(&wait_response(exit)).map_err(RpcError::from)),
             })
             .collect()
+    }
+
+    /// The slow part of the network DELs answered so far (the veths, whose deletion waits for
+    /// the kernel; the addresses; the records), for the server to run once the replies are out.
+    pub fn take_del_tails(&mut self) -> Vec<DelTail> {
+        std::mem::take(&mut self.del_tails)
     }
 
     pub fn forget_conn(&mut self, conn: u64) {
@@ -354,7 +372,8 @@ impl Shim {
             return Err(Error::Precondition(format!("cannot delete task {:?}: it is {}", req.id, status.as_str())));
         }
         let t = self.tasks.remove(&req.id)?;
-        let (owed, errs) = teardown(t, &req.id, &mut resp);
+        let (owed, tail, errs) = teardown(t, &req.id, &mut resp);
+        self.del_tails.push(tail);
         // A task whose exit was not reported yet (created, never ran) still owes containerd
         // its exit; the Waits on its execs that never reported one are answered with it.
         let Teardown { exit, exit_sent, pending_execs } = owed;
@@ -548,9 +567,9 @@ struct Teardown {
 }
 
 /// Deletes the container, unmounts its rootfs and releases its standalone network, whatever
-/// fails; fills `resp` and returns what is owed with every failure. The bundle record goes
-/// only when everything was released.
-fn teardown(mut t: Task, id: &str, resp: &mut DeleteResponse) -> (Teardown, Errors) {
+/// fails; fills `resp` and returns what is owed, the network DEL's part to run after the reply,
+/// and every failure. The bundle record goes only when everything was released.
+fn teardown(mut t: Task, id: &str, resp: &mut DeleteResponse) -> (Teardown, DelTail, Errors) {
     t.oom = None;
     let mut errs = Errors::new();
     let pending_execs = t.container.pending_exec_ids();
@@ -564,8 +583,11 @@ fn teardown(mut t: Task, id: &str, resp: &mut DeleteResponse) -> (Teardown, Erro
     if let Some(rootfs) = &t.rootfs {
         mount::unmount(rootfs);
     }
+    let mut tail = DelTail::default();
     if let Some(rec) = t.network.take() {
-        match network::teardown(&rec) {
+        let (rest, r) = network::teardown_deferred(&rec);
+        tail = rest;
+        match r {
             Ok(()) => tracing::info!(id = %id, "pod network released"),
             Err(e) => errs.add(e.context("releasing the pod network")),
         }
@@ -581,5 +603,5 @@ fn teardown(mut t: Task, id: &str, resp: &mut DeleteResponse) -> (Teardown, Erro
     resp.pid = t.container.pid() as u32;
     resp.exit_status = exit.code as u32;
     resp.exited_at = ts(exit.at);
-    (Teardown { exit, exit_sent: t.exit_sent, pending_execs }, errs)
+    (Teardown { exit, exit_sent: t.exit_sent, pending_execs }, tail, errs)
 }

@@ -2,16 +2,18 @@
 //!
 //! Every error is code 7 and names the field as written by the user (e.g.
 //! `ipam.ranges[1][0].subnet`, or `ipam.subnet` for the legacy single-range form), so a
-//! broken conflist can be fixed without reading podnet's source.
+//! broken conflist can be fixed without reading podnet's source. Keys are read through the
+//! crate's field reader ([`Fields`]), with its one key rule.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use ipnet::IpNet;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::range::{canonical_ip, ip_to_u128, u128_to_ip, Range, RangeSet};
+use crate::config::Fields;
 use crate::error::{CniError, Result};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
@@ -38,10 +40,11 @@ impl IpamConfig {
     /// range sets come first, as in the reference.
     pub fn from_json_with_ip_ranges(ipam: &Value, ip_ranges: Option<&Value>) -> Result<IpamConfig> {
         let obj = ipam.as_object().ok_or_else(|| CniError::invalid_config("ipam", "must be an object"))?;
-        match opt_str(obj, "type", "ipam.type")? {
+        let f = Fields::config(obj).with_prefix("ipam");
+        match opt_str(&f, "type")? {
             Some("host-local") => {}
-            Some(t) => return Err(CniError::invalid_config("ipam.type", format!("{t:?} is not \"host-local\""))),
-            None => return Err(CniError::invalid_config("ipam.type", "missing; must be \"host-local\"")),
+            Some(t) => return Err(f.err("type", format_args!("{t:?} is not \"host-local\""))),
+            None => return Err(f.err("type", "missing; must be \"host-local\"")),
         }
 
         // (range set, path used in error messages)
@@ -51,11 +54,11 @@ impl IpamConfig {
         }
         // The legacy form only counts when it has a subnet: the reference ignores stray
         // rangeStart/rangeEnd/gateway at the top level otherwise.
-        if obj.get("subnet").is_some_and(|v| !v.is_null()) {
-            let r = parse_range(obj, "ipam")?;
+        if f.get("subnet").is_some() {
+            let r = parse_range(&f)?;
             sets.push((RangeSet(vec![r]), "ipam".to_string()));
         }
-        if let Some(v) = obj.get("ranges").filter(|v| !v.is_null()) {
+        if let Some(v) = f.get("ranges") {
             parse_set_list(v, "ipam.ranges", &mut sets)?;
         }
         if sets.is_empty() {
@@ -73,19 +76,18 @@ impl IpamConfig {
         }
 
         let mut routes = Vec::new();
-        if let Some(v) = obj.get("routes").filter(|v| !v.is_null()) {
-            let list = v.as_array().ok_or_else(|| CniError::invalid_config("ipam.routes", "must be a list"))?;
+        if let Some(v) = f.get("routes") {
+            let list = v.as_array().ok_or_else(|| f.err("routes", "must be a list"))?;
             for (i, r) in list.iter().enumerate() {
-                let path = format!("ipam.routes[{i}]");
-                let o = r.as_object().ok_or_else(|| CniError::invalid_config(&path, "must be an object"))?;
-                let dst_path = format!("{path}.dst");
-                let dst = match opt_str(o, "dst", &dst_path)? {
-                    Some(s) => parse_cidr(s, &dst_path)?,
-                    None => return Err(CniError::invalid_config(&dst_path, "missing")),
+                let key = format!("routes[{i}]");
+                let o = r.as_object().ok_or_else(|| f.err(&key, "must be an object"))?;
+                let rf = f.nested(&key, o);
+                let dst = match opt_str(&rf, "dst")? {
+                    Some(s) => parse_cidr(s, &rf.path("dst"))?,
+                    None => return Err(rf.err("dst", "missing")),
                 };
-                let gw_path = format!("{path}.gw");
                 let gw =
-                    opt_str(o, "gw", &gw_path)?.filter(|s| !s.is_empty()).map(|s| parse_ip(s, &gw_path)).transpose()?;
+                    opt_str(&rf, "gw")?.filter(|s| !s.is_empty()).map(|s| parse_ip(s, &rf.path("gw"))).transpose()?;
                 let mut route = IpamRoute::new(dst, gw);
                 for (key, slot, max) in [
                     ("mtu", &mut route.mtu, u32::MAX as u64),
@@ -94,13 +96,11 @@ impl IpamConfig {
                     ("table", &mut route.table, u32::MAX as u64),
                     ("scope", &mut route.scope, 255),
                 ] {
-                    if let Some(v) = o.get(key).filter(|v| !v.is_null()) {
-                        let n = v.as_u64().filter(|n| *n <= max).ok_or_else(|| {
-                            CniError::invalid_config(
-                                &format!("{path}.{key}"),
-                                format!("must be an integer from 0 to {max}"),
-                            )
-                        })?;
+                    if let Some(v) = rf.get(key) {
+                        let n = v
+                            .as_u64()
+                            .filter(|n| *n <= max)
+                            .ok_or_else(|| rf.err(key, format_args!("must be an integer from 0 to {max}")))?;
                         *slot = Some(n as u32);
                     }
                 }
@@ -108,8 +108,8 @@ impl IpamConfig {
             }
         }
 
-        let data_dir = opt_str(obj, "dataDir", "ipam.dataDir")?.filter(|s| !s.is_empty()).unwrap_or(DEFAULT_DATA_DIR);
-        let resolv_conf = opt_str(obj, "resolvConf", "ipam.resolvConf")?.filter(|s| !s.is_empty()).map(PathBuf::from);
+        let data_dir = opt_str(&f, "dataDir")?.filter(|s| !s.is_empty()).unwrap_or(DEFAULT_DATA_DIR);
+        let resolv_conf = opt_str(&f, "resolvConf")?.filter(|s| !s.is_empty()).map(PathBuf::from);
 
         Ok(IpamConfig {
             ranges: sets.into_iter().map(|(s, _)| s).collect(),
@@ -132,7 +132,7 @@ fn parse_set_list(v: &Value, path: &str, out: &mut Vec<(RangeSet, String)>) -> R
         for (j, item) in items.iter().enumerate() {
             let rpath = format!("{set_path}[{j}]");
             let o = item.as_object().ok_or_else(|| CniError::invalid_config(&rpath, "must be an object"))?;
-            let r = parse_range(o, &rpath)?;
+            let r = parse_range(&Fields::config(o).with_prefix(rpath.as_str()))?;
             if let Some(first) = ranges.first() {
                 if first.is_v4() != r.is_v4() {
                     return Err(CniError::invalid_config(
@@ -154,12 +154,12 @@ fn parse_set_list(v: &Value, path: &str, out: &mut Vec<(RangeSet, String)>) -> R
     Ok(())
 }
 
-/// One range object; `path` prefixes field names (`ipam` for the legacy form).
-fn parse_range(o: &Map<String, Value>, path: &str) -> Result<Range> {
-    let subnet_path = format!("{path}.subnet");
-    let subnet = match opt_str(o, "subnet", &subnet_path)? {
+/// One range object (the `ipam` object itself for the legacy form).
+fn parse_range(f: &Fields) -> Result<Range> {
+    let subnet_path = f.path("subnet");
+    let subnet = match opt_str(f, "subnet")? {
         Some(s) => parse_cidr(s, &subnet_path)?,
-        None => return Err(CniError::invalid_config(&subnet_path, "missing")),
+        None => return Err(f.err("subnet", "missing")),
     };
     if subnet.trunc() != subnet {
         return Err(CniError::invalid_config(
@@ -181,8 +181,8 @@ fn parse_range(o: &Map<String, Value>, path: &str) -> Result<Range> {
     let last = if v4 { u128_to_ip(ip_to_u128(subnet.broadcast()) - 1, true) } else { subnet.broadcast() };
 
     let in_subnet = |field: &str| -> Result<Option<IpAddr>> {
-        let fpath = format!("{path}.{field}");
-        let Some(s) = opt_str(o, field, &fpath)?.filter(|s| !s.is_empty()) else {
+        let fpath = f.path(field);
+        let Some(s) = opt_str(f, field)?.filter(|s| !s.is_empty()) else {
             return Ok(None);
         };
         let ip = parse_ip(s, &fpath)?;
@@ -195,19 +195,16 @@ fn parse_range(o: &Map<String, Value>, path: &str) -> Result<Range> {
     let range_end = in_subnet("rangeEnd")?.unwrap_or(last);
     let gateway = Some(in_subnet("gateway")?.unwrap_or(first));
     if ip_to_u128(range_start) > ip_to_u128(range_end) {
-        return Err(CniError::invalid_config(
-            &format!("{path}.rangeEnd"),
-            format!("rangeEnd {range_end} is before rangeStart {range_start}"),
-        ));
+        return Err(f.err("rangeEnd", format_args!("rangeEnd {range_end} is before rangeStart {range_start}")));
     }
     Ok(Range { subnet, range_start, range_end, gateway })
 }
 
-fn opt_str<'a>(o: &'a Map<String, Value>, key: &str, path: &str) -> Result<Option<&'a str>> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(None),
+fn opt_str<'a>(f: &Fields<'a>, key: &str) -> Result<Option<&'a str>> {
+    match f.get(key) {
+        None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(other) => Err(CniError::invalid_config(path, format!("must be a string, not {other}"))),
+        Some(other) => Err(f.err(key, format_args!("must be a string, not {other}"))),
     }
 }
 

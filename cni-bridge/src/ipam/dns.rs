@@ -5,6 +5,17 @@ use std::path::Path;
 use crate::error::{CniError, Result};
 pub use crate::result::Dns;
 
+/// The result's DNS: the conf's `dns` if it says anything, else IPAM's resolvConf.
+pub fn dns_for(conf: Option<&Dns>, resolv_conf: Option<&Path>) -> Result<Dns> {
+    if let Some(d) = conf.filter(|d| !d.is_empty()) {
+        return Ok(d.clone());
+    }
+    match resolv_conf {
+        Some(p) => parse_resolv_conf(p),
+        None => Ok(Dns::default()),
+    }
+}
+
 /// Same rules as the reference: `#`/`;` comments, a keyword needs at least one value,
 /// only the first value of `nameserver`/`domain` counts, the last `domain` wins.
 pub fn parse_resolv_conf(path: &Path) -> Result<Dns> {

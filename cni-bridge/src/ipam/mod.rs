@@ -25,7 +25,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 pub use config::{IpamConfig, IpamRoute, DEFAULT_DATA_DIR};
-pub use dns::{parse_resolv_conf, Dns};
+pub use dns::{dns_for, parse_resolv_conf, Dns};
 pub use range::{canonical_ip, Range, RangeSet};
 
 use crate::error::{codes, CniError, ErrorList, Result};

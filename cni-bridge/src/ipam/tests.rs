@@ -197,6 +197,24 @@ fn rejects_bad_configs_naming_the_field() {
 }
 
 #[test]
+fn keys_fold_case_like_the_reference() {
+    // host-local decodes its config with Go's encoding/json: keys match case-insensitively.
+    let c = IpamConfig::from_json(&json!({
+        "Type": "host-local", "DataDir": "/tmp/x",
+        "Ranges": [[{"Subnet": "10.9.0.0/24", "RangeStart": "10.9.0.10", "Gateway": "10.9.0.254"}]],
+        "Routes": [{"Dst": "0.0.0.0/0", "GW": "10.9.0.254", "MTU": 1400}]
+    }))
+    .unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    assert_eq!(c.ranges[0].0[0].range_start, ip("10.9.0.10"));
+    assert_eq!(c.ranges[0].0[0].gateway, Some(ip("10.9.0.254")));
+    assert_eq!((c.routes[0].gw, c.routes[0].mtu), (Some(ip("10.9.0.254")), Some(1400)));
+    // Errors name the field as podnet spells it.
+    let e = err_of(json!({"type": "host-local", "Subnet": "10.0.0.7/24"}));
+    assert!(e.msg.contains("\"ipam.subnet\""), "{e}");
+}
+
+#[test]
 fn disjoint_ranges_in_one_subnet_are_fine() {
     let c = IpamConfig::from_json(&json!({"type": "host-local", "ranges": [[
         {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.19"},
