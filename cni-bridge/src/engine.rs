@@ -145,14 +145,16 @@ impl Chain<'_> {
             match del {
                 Ok(tail) if defer => tails.append(tail),
                 Ok(tail) => errs.push(tail.run_now()),
-                Err(e) => errs.0.push(e),
+                Err(e) => errs.add(e),
             }
         }
         if errs.is_empty() {
             return Ok(tails);
         }
         errs.push(tails.run_now());
-        errs.into_result(&format!("DEL of network {}", self.net.name)).map(|()| DelTail::default())
+        errs.into_result()
+            .map_err(|e| e.context(format!("DEL of network {}", self.net.name)))
+            .map(|()| DelTail::default())
     }
 }
 

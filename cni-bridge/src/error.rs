@@ -92,36 +92,15 @@ pub(crate) fn nl_err(what: &str, e: crate::netlink::NlError) -> CniError {
     CniError::new(codes::INTERNAL, format!("{what}: {e}"))
 }
 
-/// Collects every error of a teardown so that one failure never stops the rest.
-#[derive(Debug, Default)]
-pub struct ErrorList(pub Vec<CniError>);
+/// Collects every error of a teardown so that one failure never stops the rest: podnet's one
+/// collector. `into_result()` gives the one error, or one whose message lists them all (with
+/// the first one's code); the caller adds what was being done with [`CniError::context`].
+pub type ErrorList = podnet_errors::Errors<CniError>;
 
-impl ErrorList {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn push(&mut self, r: Result<()>) {
-        if let Err(e) = r {
-            self.0.push(e);
-        }
-    }
-
-    /// Ok when nothing failed; otherwise one error whose message lists every failure.
-    pub fn into_result(self, what: &str) -> Result<()> {
-        match self.0.len() {
-            0 => Ok(()),
-            1 => Err(self
-                .0
-                .into_iter()
-                .next()
-                .map(|e| e.context(what))
-                .unwrap_or_else(|| CniError::new(codes::INTERNAL, what))),
-            n => {
-                let code = self.0[0].code;
-                let msgs: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
-                Err(CniError::new(code, format!("{what}: {n} errors: {}", msgs.join("; "))))
-            }
-        }
+impl podnet_errors::Combine for CniError {
+    fn combine(errs: Vec<CniError>) -> CniError {
+        let code = errs.first().map_or(codes::INTERNAL, |e| e.code);
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        CniError::new(code, format!("{} errors: {}", msgs.len(), msgs.join("; ")))
     }
 }

@@ -143,7 +143,7 @@ pub fn gc(input: &PluginInput, valid: &[(String, String)]) -> Result<()> {
             errs.push(fw.remove(&t).map(drop));
         }
     }
-    errs.into_result(&format!("GC of portmap rules of network {}", input.name))
+    errs.into_result().map_err(|e| e.context(format!("GC of portmap rules of network {}", input.name)))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ impl<E: Combine> Errors<E> {
     }
 
     /// Records the failure of `r`, if it failed.
-    pub fn push<T>(&mut self, r: Result<T, E>) {
+    pub fn push(&mut self, r: Result<(), E>) {
         if let Err(e) = r {
             self.add(e);
         }
@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn nothing_failed_is_ok() {
         let mut errs = Errors::<E>::new();
-        errs.push(Ok::<_, E>(3));
+        errs.push(Ok(()));
         assert!(errs.is_empty());
         assert_eq!(errs.into_result(), Ok(()));
     }

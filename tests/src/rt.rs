@@ -257,9 +257,9 @@ impl Pod {
         let mut errs = podnet_runtime::error::Errors::new();
         let members: Vec<_> = self.members.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
         for c in members {
-            errs.push(c.delete());
+            errs.push(c.delete().map(drop));
         }
-        errs.push(self.sandbox.delete());
+        errs.push(self.sandbox.delete().map(drop));
         errs.into_result()
     }
 }

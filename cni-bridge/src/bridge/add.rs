@@ -346,7 +346,7 @@ impl Add<'_> {
         if self.done.ipam {
             errs.push(self.plugin.host_local().and_then(|h| h.release(&self.id.container_id, &self.id.ifname)));
         }
-        errs.into_result("undo")
+        errs.into_result().map_err(|e| e.context("undo"))
     }
 }
 

@@ -102,7 +102,7 @@ impl DelTail {
         for (what, tail) in self.0 {
             let mut errs = ErrorList::default();
             tail.run(&mut errs, keep_record_on_error);
-            if let Err(e) = errs.into_result(&what) {
+            if let Err(e) = errs.into_result().map_err(|e| e.context(what)) {
                 failed.push(e);
             }
         }
@@ -152,7 +152,7 @@ impl BridgePlugin {
             return Ok(DelTail(vec![(what, tail)]));
         }
         tail.run(&mut errs, false);
-        errs.into_result(&what).map(|()| DelTail::default())
+        errs.into_result().map_err(|e| e.context(what)).map(|()| DelTail::default())
     }
 
     /// GC: removes every attachment of this network that is not in `valid`: its records,
@@ -170,11 +170,11 @@ impl BridgePlugin {
                         // DEL needs no record, so a torn one is collected too.
                         errs.push(self.del(&Request::new(&cid, &ifname, None)).and_then(DelTail::run_now));
                     } else if let Err(e) = rec {
-                        errs.0.push(e);
+                        errs.add(e);
                     }
                 }
             }
-            Err(e) => errs.0.push(e),
+            Err(e) => errs.add(e),
         }
         errs.push(self.host_local().and_then(|h| h.gc(valid)).map(drop));
         let valid_tags: Vec<String> = valid
@@ -210,7 +210,7 @@ impl BridgePlugin {
             }
             Err(e) => errs.push(Err(nl_err("list links", e))),
         }
-        errs.into_result(&format!("GC of network {}", self.network))
+        errs.into_result().map_err(|e| e.context(format!("GC of network {}", self.network)))
     }
 }
 

@@ -183,7 +183,7 @@ impl HostLocal {
         }
         tx.set_index(&owner, &left)?;
         tx.commit();
-        errs.into_result(&format!("host-local: releasing addresses of {}/{ifname}", owner.id))
+        errs.into_result().map_err(|e| e.context(format!("host-local: releasing addresses of {}/{ifname}", owner.id)))
     }
 
     /// What id+ifname holds (legacy id-only files included, as the reference's GetByID).
@@ -223,7 +223,7 @@ impl HostLocal {
             }
         }
         tx.rebuild_with(&kept)?;
-        errs.into_result("host-local: gc")?;
+        errs.into_result().map_err(|e| e.context("host-local: gc"))?;
         sort_ips(&mut removed);
         Ok(removed)
     }
