@@ -2,17 +2,31 @@
 
 use std::os::fd::RawFd;
 
-use netlink_packet_core::{DefaultNla, Emitable, NLA_F_NESTED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_core::{
+    DecodeError, DefaultNla, Emitable, NetlinkHeader, NlasIterator, Parseable, ParseableParametrized, NLA_F_NESTED,
+    NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+};
 use netlink_packet_route::link::{
     AfSpecBridge, AfSpecInet, AfSpecUnspec, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge,
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVlan, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVlan, InfoVxlan, LinkAttribute,
+    LinkExtentMask, LinkFlags, LinkHeader, LinkInfo, LinkMessage, LinkMessageBuffer,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::vxlan::VxlanInfo;
 use super::Rtnl;
 use crate::netlink::NlError;
+
+const RTM_NEWLINK: u16 = 16;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
+const IFLA_MASTER: u16 = 10;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_IFALIAS: u16 = 20;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
 
 pub const BRIDGE_VLAN_INFO_PVID: u16 = 2;
 pub const BRIDGE_VLAN_INFO_UNTAGGED: u16 = 4;
@@ -80,36 +94,61 @@ pub(super) fn nested<T: netlink_packet_core::Nla>(kind: u16, inner: &[T]) -> Def
     DefaultNla::new(kind | NLA_F_NESTED, value)
 }
 
-fn parse_link(m: RouteNetlinkMessage) -> Option<Link> {
-    let RouteNetlinkMessage::NewLink(m) = m else { return None };
-    let mut link = Link { index: m.header.index, flags: m.header.flags.bits(), ..Default::default() };
-    for a in m.attributes {
-        match a {
-            LinkAttribute::IfName(n) => link.name = n,
-            LinkAttribute::Address(mac) => link.mac = mac,
-            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
-            LinkAttribute::Controller(i) => link.master = Some(i),
-            LinkAttribute::Link(i) => link.peer_index = Some(i),
-            LinkAttribute::IfAlias(s) => link.alias = Some(s),
-            LinkAttribute::LinkInfo(infos) => {
-                for i in infos {
-                    match i {
-                        LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
-                        LinkInfo::Data(InfoData::Vxlan(v)) => link.vxlan = Some(VxlanInfo::from_attrs(&v)),
-                        _ => {}
-                    }
+/// An RTM_NEWLINK reply, parsed with the crate attribute by attribute, and only the
+/// attributes [`Link`] holds: a link message carries a kilobyte and more of statistics and
+/// per-family settings, which the crate's full parse would format into its error context
+/// (eagerly, each time) at about a millisecond per link.
+fn parse_link(hdr: &NetlinkHeader, payload: &[u8]) -> Result<Option<Link>, DecodeError> {
+    if hdr.message_type != RTM_NEWLINK {
+        return Ok(None);
+    }
+    let buf = LinkMessageBuffer::new_checked(payload)?;
+    let header = LinkHeader::parse(&buf)?;
+    let mut link = Link { index: header.index, flags: header.flags.bits(), ..Default::default() };
+    for nla in buf.attributes() {
+        let nla = nla?;
+        match nla.kind() {
+            IFLA_ADDRESS | IFLA_IFNAME | IFLA_MTU | IFLA_LINK | IFLA_MASTER | IFLA_IFALIAS => {
+                match LinkAttribute::parse_with_param(&nla, header.interface_family)? {
+                    LinkAttribute::IfName(n) => link.name = n,
+                    LinkAttribute::Address(mac) => link.mac = mac,
+                    LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+                    LinkAttribute::Controller(i) => link.master = Some(i),
+                    LinkAttribute::Link(i) => link.peer_index = Some(i),
+                    LinkAttribute::IfAlias(s) => link.alias = Some(s),
+                    _ => {}
                 }
             }
+            IFLA_LINKINFO => parse_link_info(nla.value(), &mut link)?,
             _ => {}
         }
     }
-    Some(link)
+    Ok(Some(link))
+}
+
+/// IFLA_LINKINFO: the kind, and a VXLAN link's settings (not a bridge's or a port's).
+fn parse_link_info(value: &[u8], link: &mut Link) -> Result<(), DecodeError> {
+    let mut data = None;
+    for nla in NlasIterator::new(value) {
+        let nla = nla?;
+        match nla.kind() {
+            IFLA_INFO_KIND => link.kind = Some(InfoKind::parse(&nla)?.to_string()),
+            IFLA_INFO_DATA => data = Some(nla),
+            _ => {}
+        }
+    }
+    if let (Some("vxlan"), Some(data)) = (link.kind.as_deref(), data) {
+        let attrs = NlasIterator::new(data.value()).map(|a| InfoVxlan::parse(&a?)).collect::<Result<Vec<_>, _>>()?;
+        link.vxlan = Some(VxlanInfo::from_attrs(&attrs));
+    }
+    Ok(())
 }
 
 impl Rtnl {
-    fn get_link(&mut self, m: LinkMessage) -> Result<Option<Link>, NlError> {
-        match self.sock.request(RouteNetlinkMessage::GetLink(m), 0) {
-            Ok(msgs) => Ok(msgs.into_iter().find_map(parse_link)),
+    fn get_link(&mut self, mut m: LinkMessage) -> Result<Option<Link>, NlError> {
+        m.attributes.push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        match self.sock.request_with(RouteNetlinkMessage::GetLink(m), 0, parse_link) {
+            Ok(links) => Ok(links.into_iter().next()),
             Err(e) if e.is(libc::ENODEV) => Ok(None),
             Err(e) => Err(e),
         }
@@ -127,8 +166,10 @@ impl Rtnl {
 
     /// Every link of the namespace (one dump).
     pub fn links(&mut self) -> Result<Vec<Link>, NlError> {
-        let m = link_msg(AddressFamily::Unspec, 0, 0, 0);
-        Ok(self.sock.request(RouteNetlinkMessage::GetLink(m), NLM_F_DUMP)?.into_iter().filter_map(parse_link).collect())
+        let mut m = link_msg(AddressFamily::Unspec, 0, 0, 0);
+        // The kernel leaves the statistics out: nothing here reads them.
+        m.attributes.push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        self.sock.request_with(RouteNetlinkMessage::GetLink(m), NLM_F_DUMP, parse_link)
     }
 
     /// Creates a link (RTM_NEWLINK, exclusive): fails with EEXIST if the name is taken.

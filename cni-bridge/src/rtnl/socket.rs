@@ -5,9 +5,9 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    DoneBuffer, DoneMessage, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload, Parseable, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK,
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    DecodeError, DoneBuffer, DoneMessage, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkDeserializable,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -106,6 +106,18 @@ impl RtSocket {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>, NlError> {
+        self.request_with(msg, flags, |hdr, payload| RouteNetlinkMessage::deserialize(hdr, payload).map(Some))
+    }
+
+    /// [`RtSocket::request`] with a parser of its own for the replies (None: skip one): link
+    /// messages are large and the crate's full parse formats payloads for its error context
+    /// eagerly, so links parse only the attributes podnet reads.
+    pub(super) fn request_with<T>(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        mut parse: impl FnMut(&NetlinkHeader, &[u8]) -> Result<Option<T>, DecodeError>,
+    ) -> Result<Vec<T>, NlError> {
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | flags | if dump { 0 } else { NLM_F_ACK };
@@ -114,7 +126,7 @@ impl RtSocket {
         let mut bytes = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut bytes);
         for _ in 0..3 {
-            match self.request_once(&mut bytes) {
+            match self.request_once(&mut bytes, &mut parse) {
                 Err(e) if e.errno == libc::EINTR && e.ext.as_deref() == Some("dump interrupted") => continue,
                 r => return r,
             }
@@ -122,7 +134,11 @@ impl RtSocket {
         Err(NlError { errno: libc::EINTR, ext: Some("dump interrupted three times".into()) })
     }
 
-    fn request_once(&mut self, bytes: &mut [u8]) -> Result<Vec<RouteNetlinkMessage>, NlError> {
+    fn request_once<T>(
+        &mut self,
+        bytes: &mut [u8],
+        parse: &mut impl FnMut(&NetlinkHeader, &[u8]) -> Result<Option<T>, DecodeError>,
+    ) -> Result<Vec<T>, NlError> {
         let seq = self.next_seq();
         NetlinkBuffer::new(&mut bytes[..]).set_sequence_number(seq);
         self.send(bytes)?;
@@ -162,9 +178,9 @@ impl RtSocket {
                     NLMSG_NOOP | NLMSG_OVERRUN => {}
                     _ => {
                         interrupted |= hdr.flags & NLM_F_DUMP_INTR != 0;
-                        let m = RouteNetlinkMessage::deserialize(&hdr, payload)
-                            .map_err(|e| decode_err("the kernel's reply", e))?;
-                        out.push(m);
+                        if let Some(m) = parse(&hdr, payload).map_err(|e| decode_err("the kernel's reply", e))? {
+                            out.push(m);
+                        }
                     }
                 }
             }
