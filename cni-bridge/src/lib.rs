@@ -1,5 +1,5 @@
 //! podnet's in-process CNI engine: bridge + host-local IPAM + portmap + masquerade + loopback,
-//! all over netlink (rtnetlink for links, addresses and routes; nf_tables for rules).
+//! all over netlink (rtnetlink for links, addresses, routes, neighbours; nf_tables for rules).
 
 pub mod args;
 pub mod config;

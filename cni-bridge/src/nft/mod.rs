@@ -8,7 +8,9 @@
 //! by that comment. The only untagged rules are the static `fib daddr type local jump
 //! hostports` at the head of the nat `prerouting` and `output` chains.
 
+mod msg;
 mod rules;
+mod socket;
 mod wire;
 
 #[cfg(test)]
@@ -19,7 +21,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::error::{codes, CniError, Result};
-use crate::netlink::{MsgBuilder, NlError, NlSocket};
+use crate::netlink::NlError;
+use msg::MsgBuilder;
+use socket::NlSocket;
 
 use rules::{family_name, Rule, FAMILIES, OUTPUT, PREROUTING};
 pub use rules::{BRIDGE_PREROUTING_PRIORITY, TABLE, TAG_MAX};

@@ -5,7 +5,7 @@
 //! loaded into registers is raw bytes (addresses and ports in network order, the values that
 //! `meta`, `ct` and `fib` store are host-order u32).
 
-use crate::netlink::{attrs, MsgBuilder, RecvMsg, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST};
+use super::msg::{attrs, MsgBuilder, RecvMsg, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST};
 
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16; // NLMSG_MIN_TYPE

@@ -1,6 +1,17 @@
-//! Building and parsing netlink messages.
+//! Building and parsing nf_tables netlink messages by hand (no maintained crate covers
+//! nf_tables): a message builder with nested attributes, and an attribute parser.
 
-use super::{align, NLA_F_NESTED, NLA_TYPE_MASK, NLMSG_HDRLEN};
+use netlink_packet_core::{NLA_F_NESTED, NLA_TYPE_MASK};
+pub use netlink_packet_core::{
+    NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
+};
+
+pub const NLMSG_HDRLEN: usize = 16;
+
+/// Netlink alignment (4 bytes) for headers and attributes.
+pub const fn align(len: usize) -> usize {
+    (len + 3) & !3
+}
 
 /// One netlink message under construction: header, fixed family header, attributes.
 /// The length and sequence number are filled in by the socket when it is sent.
@@ -18,10 +29,6 @@ impl MsgBuilder {
         buf.extend_from_slice(&0u32.to_ne_bytes()); // seq
         buf.extend_from_slice(&0u32.to_ne_bytes()); // pid
         MsgBuilder { buf }
-    }
-
-    pub fn msg_type(&self) -> u16 {
-        u16::from_ne_bytes([self.buf[4], self.buf[5]])
     }
 
     pub fn flags(&self) -> u16 {
@@ -54,15 +61,6 @@ impl MsgBuilder {
         self
     }
 
-    pub fn attr_u8(&mut self, ty: u16, v: u8) -> &mut Self {
-        self.attr(ty, &[v])
-    }
-    pub fn attr_u16(&mut self, ty: u16, v: u16) -> &mut Self {
-        self.attr(ty, &v.to_ne_bytes())
-    }
-    pub fn attr_u32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.attr(ty, &v.to_ne_bytes())
-    }
     /// Big-endian u32 (nf_tables uses network byte order for its integers).
     pub fn attr_be32(&mut self, ty: u16, v: u32) -> &mut Self {
         self.attr(ty, &v.to_be_bytes())
@@ -76,13 +74,6 @@ impl MsgBuilder {
         v.extend_from_slice(s.as_bytes());
         v.push(0);
         self.attr(ty, &v)
-    }
-
-    /// Appends bytes that are already laid out as attributes (or a header plus attributes).
-    pub fn raw(&mut self, bytes: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(bytes);
-        self.pad();
-        self
     }
 
     /// Opens a nested attribute; close it with `nest_end` and the returned offset.
@@ -116,15 +107,6 @@ pub struct Attr<'a> {
 }
 
 impl<'a> Attr<'a> {
-    pub fn u8(&self) -> Option<u8> {
-        self.payload.first().copied()
-    }
-    pub fn u16(&self) -> Option<u16> {
-        Some(u16::from_ne_bytes(self.payload.get(..2)?.try_into().ok()?))
-    }
-    pub fn u32(&self) -> Option<u32> {
-        Some(u32::from_ne_bytes(self.payload.get(..4)?.try_into().ok()?))
-    }
     pub fn be32(&self) -> Option<u32> {
         Some(u32::from_be_bytes(self.payload.get(..4)?.try_into().ok()?))
     }
@@ -135,9 +117,6 @@ impl<'a> Attr<'a> {
     pub fn str(&self) -> Option<&'a str> {
         let end = self.payload.iter().position(|&b| b == 0).unwrap_or(self.payload.len());
         std::str::from_utf8(&self.payload[..end]).ok()
-    }
-    pub fn nested(&self) -> impl Iterator<Item = Attr<'a>> {
-        attrs(self.payload)
     }
 }
 
@@ -198,7 +177,7 @@ mod tests {
         m.attr_str(3, "eth0");
         let n = m.nest_start(18);
         m.attr_str(1, "veth");
-        m.attr_u32(2, 1500);
+        m.attr_be32(2, 1500);
         m.nest_end(n);
         let bytes = m.finish(7);
         let msgs = split(&bytes);
@@ -207,9 +186,9 @@ mod tests {
         let all: Vec<_> = attrs(&msgs[0].body[16..]).collect();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].str(), Some("eth0"));
-        let inner: Vec<_> = all[1].nested().collect();
+        let inner: Vec<_> = attrs(all[1].payload).collect();
         assert_eq!(inner[0].str(), Some("veth"));
-        assert_eq!(inner[1].u32(), Some(1500));
+        assert_eq!(inner[1].be32(), Some(1500));
     }
 
     #[test]

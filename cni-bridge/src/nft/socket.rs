@@ -1,47 +1,16 @@
-//! A blocking netlink socket: one request, its replies, its ack.
+//! A blocking NETLINK_NETFILTER socket: one request, its replies, its ack; nfnetlink batches.
 
-use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::msg::{attrs, split, RecvMsg};
-use super::{MsgBuilder, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP};
+use super::msg::{split, MsgBuilder, RecvMsg, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP};
+use crate::netlink::NlError;
 
 const SOL_NETLINK: libc::c_int = 270;
 const NETLINK_EXT_ACK: libc::c_int = 11;
 const NETLINK_GET_STRICT_CHK: libc::c_int = 12;
-const NLMSGERR_ATTR_MSG: u16 = 1;
-const NLM_F_ACK_TLVS: u16 = 0x200;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const RECV_BUF: usize = 64 * 1024;
-
-/// A kernel error for one request, with the kernel's extended-ack text when it gave one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NlError {
-    pub errno: i32,
-    pub ext: Option<String>,
-}
-
-impl NlError {
-    fn io(e: io::Error) -> Self {
-        NlError { errno: e.raw_os_error().unwrap_or(libc::EIO), ext: None }
-    }
-    pub fn is(&self, errno: i32) -> bool {
-        self.errno == errno
-    }
-}
-
-impl fmt::Display for NlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", io::Error::from_raw_os_error(self.errno))?;
-        if let Some(ext) = &self.ext {
-            write!(f, " ({ext})")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for NlError {}
 
 pub struct NlSocket {
     fd: OwnedFd,
@@ -89,43 +58,6 @@ impl NlSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(NlSocket { fd, seq: 1, buf: vec![0u8; RECV_BUF] })
-    }
-
-    /// Joins a multicast group (e.g. RTNLGRP_IPV6_IFADDR) to receive its notifications.
-    pub fn join_group(&mut self, group: u32) -> Result<(), NlError> {
-        const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
-        // SAFETY: setsockopt with a u32 value that lives across the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                SOL_NETLINK,
-                NETLINK_ADD_MEMBERSHIP,
-                &group as *const _ as *const libc::c_void,
-                std::mem::size_of::<u32>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(NlError::io(io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-
-    /// Blocks until a notification arrives or `timeout` passes, then consumes what is queued.
-    /// Returns whether anything arrived.
-    pub fn wait_notification(&mut self, timeout: std::time::Duration) -> Result<bool, NlError> {
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(NlError::io(e)) };
-        }
-        if n == 0 {
-            return Ok(false);
-        }
-        self.recv()?;
-        Ok(true)
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -208,7 +140,7 @@ impl NlSocket {
                         if errno == 0 {
                             return Ok(out);
                         }
-                        return Err(NlError { errno, ext: ext_ack_text(&m) });
+                        return Err(nack(&m));
                     }
                     NLMSG_DONE => {
                         if interrupted {
@@ -256,7 +188,7 @@ impl NlSocket {
                 if m.seq == begin_seq || m.seq == end_seq {
                     if m.msg_type == NLMSG_ERROR && error_code(&m.body) != 0 {
                         // The batch itself was refused (e.g. no permission): nothing else comes.
-                        return Err((0, NlError { errno: error_code(&m.body), ext: ext_ack_text(&m) }));
+                        return Err((0, nack(&m)));
                     }
                     continue;
                 }
@@ -265,7 +197,7 @@ impl NlSocket {
                     pending -= 1;
                     let errno = error_code(&m.body);
                     if errno != 0 && first_err.is_none() {
-                        first_err = Some((idx, NlError { errno, ext: ext_ack_text(&m) }));
+                        first_err = Some((idx, nack(&m)));
                     }
                 } else {
                     out.push(m);
@@ -287,15 +219,7 @@ fn error_code(body: &[u8]) -> i32 {
     }
 }
 
-/// The kernel's extended-ack message: TLVs after the error code and the echoed request header
-/// (only the header, since NLM_F_CAPPED is set when the kernel trims the payload).
-fn ext_ack_text(m: &RecvMsg) -> Option<String> {
-    if m.flags & NLM_F_ACK_TLVS == 0 || m.body.len() < 20 {
-        return None;
-    }
-    let orig_len = u32::from_ne_bytes([m.body[4], m.body[5], m.body[6], m.body[7]]) as usize;
-    const NLM_F_CAPPED: u16 = 0x100;
-    let skip = if m.flags & NLM_F_CAPPED != 0 { 4 + 16 } else { 4 + super::align(orig_len) };
-    let tlvs = m.body.get(skip..)?;
-    attrs(tlvs).find(|a| a.ty == NLMSGERR_ATTR_MSG).and_then(|a| a.str()).map(str::to_owned)
+/// The error an NLMSG_ERROR with a non-zero code carries, with its extended-ack text.
+fn nack(m: &RecvMsg) -> NlError {
+    NlError::from_ack(-error_code(&m.body), m.flags, m.body.get(4..).unwrap_or_default())
 }
