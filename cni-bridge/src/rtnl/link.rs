@@ -1,5 +1,6 @@
 //! Links: bridges, veth pairs (peer created directly in the pod namespace), VLANs, bridge ports.
 
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 use netlink_packet_core::{
@@ -13,7 +14,6 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::vxlan::VxlanInfo;
 use super::Rtnl;
 use crate::netlink::NlError;
 
@@ -324,5 +324,33 @@ impl Rtnl {
             Err(e) if e.is(libc::ENODEV) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A VXLAN link's settings as the kernel reports them (`Link::vxlan`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: Option<u32>,
+    pub local: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub learning: Option<bool>,
+    pub underlay: Option<u32>,
+}
+
+impl VxlanInfo {
+    pub(super) fn from_attrs(attrs: &[InfoVxlan]) -> VxlanInfo {
+        let mut v = VxlanInfo::default();
+        for a in attrs {
+            match a {
+                InfoVxlan::Id(id) => v.vni = Some(*id),
+                InfoVxlan::Local(ip) => v.local = Some(IpAddr::V4(*ip)),
+                InfoVxlan::Local6(ip) => v.local = Some(IpAddr::V6(*ip)),
+                InfoVxlan::Port(p) => v.port = Some(*p),
+                InfoVxlan::Learning(l) => v.learning = Some(*l),
+                InfoVxlan::Link(i) if *i != 0 => v.underlay = Some(*i),
+                _ => {}
+            }
+        }
+        v
     }
 }

@@ -17,10 +17,11 @@ use crate::netlink::NlError;
 use socket::RtSocket;
 
 pub use addr::{AddrInfo, IFA_F_DADFAILED, IFA_F_NODAD, IFA_F_TENTATIVE};
+pub use link::VxlanInfo;
 pub use link::{Link, VethSpec, BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED};
 pub use neigh::{FdbEntry, Neighbour, NUD_PERMANENT};
 pub use route::{RouteInfo, RouteOpts, RouteSpec};
-pub use vxlan::{VxlanInfo, VxlanSpec};
+pub use vxlan::VxlanSpec;
 
 /// A route-netlink socket bound to one network namespace.
 pub struct Rtnl {

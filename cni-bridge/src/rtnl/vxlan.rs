@@ -26,34 +26,6 @@ pub struct VxlanSpec<'a> {
     pub mac: Option<[u8; 6]>,
 }
 
-/// A VXLAN link's settings as the kernel reports them (`Link::vxlan`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VxlanInfo {
-    pub vni: Option<u32>,
-    pub local: Option<IpAddr>,
-    pub port: Option<u16>,
-    pub learning: Option<bool>,
-    pub underlay: Option<u32>,
-}
-
-impl VxlanInfo {
-    pub(super) fn from_attrs(attrs: &[InfoVxlan]) -> VxlanInfo {
-        let mut v = VxlanInfo::default();
-        for a in attrs {
-            match a {
-                InfoVxlan::Id(id) => v.vni = Some(*id),
-                InfoVxlan::Local(ip) => v.local = Some(IpAddr::V4(*ip)),
-                InfoVxlan::Local6(ip) => v.local = Some(IpAddr::V6(*ip)),
-                InfoVxlan::Port(p) => v.port = Some(*p),
-                InfoVxlan::Learning(l) => v.learning = Some(*l),
-                InfoVxlan::Link(i) if *i != 0 => v.underlay = Some(*i),
-                _ => {}
-            }
-        }
-        v
-    }
-}
-
 impl Rtnl {
     /// Creates a VXLAN link, up, with learning off. Fails with EEXIST if the name is taken.
     pub fn create_vxlan(&mut self, spec: &VxlanSpec<'_>) -> Result<(), NlError> {
