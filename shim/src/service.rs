@@ -19,14 +19,14 @@ use protobuf::well_known_types::empty::Empty;
 use protobuf::well_known_types::timestamp::Timestamp;
 use protobuf::{Message, MessageField};
 
-use crate::bundle::{BundleSpec, BUNDLE_RECORD};
+use crate::bundle::BundleSpec;
 use crate::config::{Config, Flags, RuntimeOptions};
 use crate::create::{self, CreateRequest};
-use crate::error::{Error, Errors, Result};
+use crate::error::{Error, Result};
 use crate::events::{topics, Publisher};
-use crate::task::{exec_not_found, ExitEvent, ReplyTo, Task, TaskStatus, Tasks};
+use crate::task::{exec_not_found, Ended, ExitEvent, ReplyTo, TaskStatus, Tasks};
 use crate::ttrpc::RpcError;
-use crate::{metrics, mount, network};
+use crate::metrics;
 
 /// A reply to send later (a Wait).
 pub struct Deferred {
@@ -372,11 +372,13 @@ impl Shim {
             return Err(Error::Precondition(format!("cannot delete task {:?}: it is {}", req.id, status.as_str())));
         }
         let t = self.tasks.remove(&req.id)?;
-        let (owed, tail, errs) = teardown(t, &req.id, &mut resp);
+        let (Ended { pid, exit, exit_sent, pending_execs }, tail, errs) = t.teardown(&req.id);
         self.del_tails.push(tail);
+        resp.pid = pid as u32;
+        resp.exit_status = exit.code as u32;
+        resp.exited_at = ts(exit.at);
         // A task whose exit was not reported yet (created, never ran) still owes containerd
         // its exit; the Waits on its execs that never reported one are answered with it.
-        let Teardown { exit, exit_sent, pending_execs } = owed;
         if !exit_sent {
             self.publish_exit(&ExitEvent { id: req.id.clone(), exec_id: String::new(), pid: resp.pid as i32, exit });
             self.tasks.answer(&req.id, "", exit);
@@ -556,52 +558,4 @@ impl Shim {
         }
         Ok(Empty::new())
     }
-}
-
-/// What a deleted task still owes containerd.
-struct Teardown {
-    exit: Exit,
-    exit_sent: bool,
-    /// Execs whose exit was never reported.
-    pending_execs: Vec<String>,
-}
-
-/// Deletes the container, unmounts its rootfs and releases its standalone network, whatever
-/// fails; fills `resp` and returns what is owed, the network DEL's part to run after the reply,
-/// and every failure. The bundle record goes only when everything was released.
-fn teardown(mut t: Task, id: &str, resp: &mut DeleteResponse) -> (Teardown, DelTail, Errors) {
-    t.oom = None;
-    let mut errs = Errors::new();
-    let pending_execs = t.container.pending_exec_ids();
-    let exit = match t.container.delete() {
-        Ok(exit) => exit,
-        Err(e) => {
-            errs.add(e.into());
-            t.exit.unwrap_or(Exit { code: 128 + libc::SIGKILL, signal: Some(libc::SIGKILL), at: SystemTime::now() })
-        }
-    };
-    if let Some(rootfs) = &t.rootfs {
-        mount::unmount(rootfs);
-    }
-    let mut tail = DelTail::default();
-    if let Some(rec) = t.network.take() {
-        let (rest, r) = network::teardown_deferred(&rec);
-        tail = rest;
-        match r {
-            Ok(()) => tracing::info!(id = %id, "pod network released"),
-            Err(e) => errs.add(e.context("releasing the pod network")),
-        }
-    }
-    if errs.is_empty() {
-        let record = t.bundle.join(BUNDLE_RECORD);
-        match std::fs::remove_file(&record) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => errs.add(Error::io(format!("removing {}", record.display()), e)),
-        }
-    }
-    resp.pid = t.container.pid() as u32;
-    resp.exit_status = exit.code as u32;
-    resp.exited_at = ts(exit.at);
-    (Teardown { exit, exit_sent: t.exit_sent, pending_execs }, tail, errs)
 }

@@ -5,12 +5,15 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use cni_bridge::engine::DelTail;
 use podnet_runtime::{Container, Exit, Status, StdioConfig};
 
-use crate::error::{Error, Result};
-use crate::network::NetRecord;
+use crate::bundle::BUNDLE_RECORD;
+use crate::error::{Error, Errors, Result};
+use crate::mount;
+use crate::network::{self, NetRecord};
 use crate::oom::OomWatch;
 
 /// How long an exit waits for a terminal's last output to be copied out: the shim's one thread
@@ -35,6 +38,60 @@ pub struct Task {
     /// The standalone pod network the shim set up for it.
     pub network: Option<NetRecord>,
     pub oom: Option<OomWatch>,
+}
+
+/// What a deleted task still owes containerd.
+pub struct Ended {
+    pub pid: i32,
+    pub exit: Exit,
+    /// Whether its exit was reported already.
+    pub exit_sent: bool,
+    /// Execs whose exit was never reported.
+    pub pending_execs: Vec<String>,
+}
+
+impl Task {
+    /// Deletes the container, unmounts its rootfs and releases its standalone network, whatever
+    /// fails; returns what is owed, the network DEL's part to run after the reply, and every
+    /// failure. The bundle record goes only when everything was released.
+    pub fn teardown(mut self, id: &str) -> (Ended, DelTail, Errors) {
+        self.oom = None;
+        let mut errs = Errors::new();
+        let pending_execs = self.container.pending_exec_ids();
+        let exit = match self.container.delete() {
+            Ok(exit) => exit,
+            Err(e) => {
+                errs.add(e.into());
+                self.exit.unwrap_or(Exit {
+                    code: 128 + libc::SIGKILL,
+                    signal: Some(libc::SIGKILL),
+                    at: SystemTime::now(),
+                })
+            }
+        };
+        if let Some(rootfs) = &self.rootfs {
+            mount::unmount(rootfs);
+        }
+        let mut tail = DelTail::default();
+        if let Some(rec) = self.network.take() {
+            let (rest, r) = network::teardown_deferred(&rec);
+            tail = rest;
+            match r {
+                Ok(()) => tracing::info!(id = %id, "pod network released"),
+                Err(e) => errs.add(e.context("releasing the pod network")),
+            }
+        }
+        if errs.is_empty() {
+            let record = self.bundle.join(BUNDLE_RECORD);
+            match std::fs::remove_file(&record) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errs.add(Error::io(format!("removing {}", record.display()), e)),
+            }
+        }
+        let ended = Ended { pid: self.container.pid(), exit, exit_sent: self.exit_sent, pending_execs };
+        (ended, tail, errs)
+    }
 }
 
 /// Where a reply that waits goes: the connection and the request's stream.
@@ -283,7 +340,6 @@ impl Tasks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::SystemTime;
 
     fn exit(code: i32) -> Exit {
         Exit { code, signal: None, at: SystemTime::now() }
