@@ -218,6 +218,25 @@ fn gc_removes_strays_without_records() {
     assert!(env.pod.sh("ip -o -4 addr show dev eth0").contains("inet 10.4.0.2/24"));
 }
 
+/// The host veth of an ADD carries its attachment's tag as alias (the kernel ignores an alias
+/// in the request that creates a link), so a veth whose record and reservation are lost is
+/// still found and removed by GC when its record is lost.
+#[test]
+#[ignore = "needs root"]
+fn gc_removes_a_veth_podnet_made_whose_record_is_lost() {
+    let env = Env::new();
+    let c = env.conf("1.1.0");
+    Invocation::new("ADD", "gc-lost", Some(&env.pod.path)).run(&env.node, &c).ok();
+    let shown = env.node.sh(&format!("ip -o link show {}", veth("gc-lost")));
+    assert!(shown.contains(&format!("alias {}", tag("gc-lost"))), "no tag alias on the host veth: {shown}");
+    // The attachment record is lost: only the alias says whose the veth is.
+    std::fs::remove_file(env.state_dir().join(NET).join("gc-lost:eth0.json")).unwrap();
+    let gc = Env::with(&c, "cni.dev/valid-attachments", json!([]));
+    Invocation::new("GC", "", None).run(&env.node, &gc).ok();
+    assert_eq!(podnet_veths(&env.node), Vec::<String>::new());
+    assert_eq!(tagged_rules(&env.node, &tag("gc-lost")), Vec::<String>::new());
+}
+
 #[test]
 #[ignore = "needs root"]
 fn status_reports_an_unusable_data_dir() {

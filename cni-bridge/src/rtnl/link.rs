@@ -216,9 +216,6 @@ impl Rtnl {
         if let Some(master) = spec.master {
             m.attributes.push(LinkAttribute::Controller(master));
         }
-        if let Some(alias) = spec.alias {
-            m.attributes.push(LinkAttribute::IfAlias(alias.to_owned()));
-        }
         // The peer cannot be brought up here: the kernel configures it before the pair is
         // linked and veth_open() then fails with ENOTCONN. The caller sets it up in the pod.
         let mut peer = link_msg(AddressFamily::Unspec, 0, 0, 0);
@@ -232,7 +229,26 @@ impl Rtnl {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
-        self.new_link(m)
+        self.new_link(m)?;
+        let Some(alias) = spec.alias else { return Ok(()) };
+        // The kernel ignores IFLA_IFALIAS in a request that creates a link (only a change of
+        // an existing one applies it): a second request, by name. If it fails, the pair goes
+        // again, so that the caller is left with nothing to undo.
+        let mut set = link_msg(AddressFamily::Unspec, 0, 0, 0);
+        set.attributes.push(LinkAttribute::IfName(spec.host_name.to_owned()));
+        set.attributes.push(LinkAttribute::IfAlias(alias.to_owned()));
+        match self.set_link(set) {
+            Ok(()) => Ok(()),
+            Err(e) => match self.delete_link_by_name(spec.host_name) {
+                Ok(_) => Err(e),
+                Err(undo) => {
+                    let what =
+                        format!("setting its alias; removing the veth {} again failed too: {undo}", spec.host_name);
+                    let ext = Some(e.ext.as_ref().map_or(what.clone(), |x| format!("{x}; {what}")));
+                    Err(NlError { errno: e.errno, ext })
+                }
+            },
+        }
     }
 
     /// Creates a VLAN sub-interface `name` with id `vid` on `parent`, up.
