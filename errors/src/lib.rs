@@ -14,6 +14,25 @@ pub trait Combine: Sized {
     }
 }
 
+/// Implements [`Combine`] for an error enum whose variant `$variant(Vec<Self>)` holds several
+/// failures: combining makes one, collecting one flattens it.
+#[macro_export]
+macro_rules! combine_into {
+    ($ty:ident :: $variant:ident) => {
+        impl $crate::Combine for $ty {
+            fn combine(errs: Vec<$ty>) -> $ty {
+                $ty::$variant(errs)
+            }
+            fn flatten(self) -> Vec<$ty> {
+                match self {
+                    $ty::$variant(v) => v,
+                    e => vec![e],
+                }
+            }
+        }
+    };
+}
+
 /// Every failure of a teardown, in the order they happened.
 #[derive(Debug)]
 pub struct Errors<E>(Vec<E>);
@@ -89,17 +108,7 @@ mod tests {
         Many(Vec<E>),
     }
 
-    impl Combine for E {
-        fn combine(errs: Vec<E>) -> E {
-            E::Many(errs)
-        }
-        fn flatten(self) -> Vec<E> {
-            match self {
-                E::Many(v) => v,
-                e => vec![e],
-            }
-        }
-    }
+    combine_into!(E::Many);
 
     #[test]
     fn nothing_failed_is_ok() {

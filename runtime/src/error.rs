@@ -77,17 +77,7 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// [`Error::Many`]).
 pub type Errors = podnet_errors::Errors<Error>;
 
-impl podnet_errors::Combine for Error {
-    fn combine(errs: Vec<Error>) -> Error {
-        Error::Many(errs)
-    }
-    fn flatten(self) -> Vec<Error> {
-        match self {
-            Error::Many(v) => v,
-            e => vec![e],
-        }
-    }
-}
+podnet_errors::combine_into!(Error::Many);
 
 #[cfg(test)]
 mod tests {

@@ -45,17 +45,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Collects teardown failures and keeps going (several become [`Error::Many`]).
 pub type Errors = podnet_errors::Errors<Error>;
 
-impl podnet_errors::Combine for Error {
-    fn combine(errs: Vec<Error>) -> Error {
-        Error::Many(errs)
-    }
-    fn flatten(self) -> Vec<Error> {
-        match self {
-            Error::Many(v) => v,
-            e => vec![e],
-        }
-    }
-}
+podnet_errors::combine_into!(Error::Many);
 
 impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
