@@ -35,17 +35,20 @@ impl AttachmentTail {
         let host_veth_existed = match Rtnl::new().and_then(|mut host| host.delete_link_by_name(&host_veth)) {
             Ok(existed) => existed,
             Err(e) => {
-                errs.push(Err(nl_err("delete the host veth", e)));
+                errs.add(nl_err("delete the host veth", e));
                 false
             }
         };
         // Deleting the host end deletes the pod end; only if the host end was already gone
         // can a pod end have outlived it.
         if !host_veth_existed {
-            if let Some(ns) = netns.as_deref().filter(|p| p.exists()).and_then(|p| NetNs::open(p).ok()) {
+            if let Some(path) = netns.as_deref().filter(|p| p.exists()) {
                 let name = ifname.clone();
-                if let Ok(r) = ns.run(move || Rtnl::new().and_then(|mut nl| nl.delete_link_by_name(&name))) {
-                    errs.push(r.map(drop).map_err(|e| nl_err("delete the pod interface", e)));
+                let entered = NetNs::open(path)
+                    .and_then(|ns| ns.run(move || Rtnl::new().and_then(|mut nl| nl.delete_link_by_name(&name))));
+                match entered {
+                    Ok(r) => errs.push(r.map(drop).map_err(|e| nl_err("delete the pod interface", e))),
+                    Err(e) => errs.add(CniError::io("delete the pod interface: entering the pod's netns", e)),
                 }
             }
         }
@@ -98,22 +101,13 @@ impl DelTail {
     }
 
     fn finish(self, keep_record_on_error: bool) -> Result<()> {
-        let mut failed = Vec::new();
+        let mut failed = ErrorList::default();
         for (what, tail) in self.0 {
             let mut errs = ErrorList::default();
             tail.run(&mut errs, keep_record_on_error);
-            if let Err(e) = errs.into_result().map_err(|e| e.context(what)) {
-                failed.push(e);
-            }
+            failed.push(errs.into_result().map_err(|e| e.context(what)));
         }
-        match failed.len() {
-            0 => Ok(()),
-            1 => Err(failed.remove(0)),
-            _ => {
-                let msgs: Vec<String> = failed.iter().map(|e| e.to_string()).collect();
-                Err(CniError::new(failed[0].code, msgs.join("; ")))
-            }
-        }
+        failed.into_result()
     }
 }
 

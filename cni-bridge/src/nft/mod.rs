@@ -9,6 +9,7 @@
 //! hostports` at the head of the nat `prerouting` and `output` chains.
 
 mod msg;
+mod plan;
 mod rules;
 mod socket;
 mod wire;
@@ -16,47 +17,15 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-use std::net::IpAddr;
-
-use ipnet::IpNet;
-
 use crate::error::{codes, CniError, Result};
 use crate::netlink::NlError;
 use msg::MsgBuilder;
 use socket::NlSocket;
 
+pub use plan::{FirewallPlan, PortMap};
 use rules::{family_name, Rule, FAMILIES, OUTPUT, PREROUTING};
 pub use rules::{BRIDGE_PREROUTING_PRIORITY, TABLE, TAG_MAX};
 use wire::{RuleInfo, NFPROTO_BRIDGE};
-
-/// One hostPort mapping.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortMap {
-    pub pod_ip: IpAddr,
-    pub container_port: u16,
-    pub host_port: u16,
-    /// libc::IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP.
-    pub protocol: u8,
-    /// Only traffic to this host address is mapped; None (or an unspecified address) maps all.
-    pub host_ip: Option<IpAddr>,
-    /// The pod's subnet: hostPort traffic from it is masqueraded (hairpin), as the reference
-    /// portmap does, or a pod's reply to another pod of the bridge would skip the un-DNAT.
-    /// None: only the pod reaching itself is.
-    pub pod_net: Option<IpNet>,
-}
-
-/// Everything one attachment needs from the firewall.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FirewallPlan {
-    /// Opaque attachment tag, at most [`TAG_MAX`] bytes; every rule carries it as its comment.
-    pub tag: String,
-    /// ipMasq: (pod IP, pod subnet).
-    pub masq: Vec<(IpAddr, ipnet::IpNet)>,
-    pub port_maps: Vec<PortMap>,
-    /// (host-side veth name, the pod interface's MAC): drop frames from that port with
-    /// another source MAC.
-    pub mac_spoof: Option<(String, [u8; 6])>,
-}
 
 /// A NETLINK_NETFILTER socket bound to one network namespace.
 pub struct Firewall {

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::plan::FirewallPlan;
 use super::wire::*;
-use super::FirewallPlan;
 use crate::error::{codes, CniError, Result};
 
 /// The name of podnet's table in every family.

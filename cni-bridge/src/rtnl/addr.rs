@@ -7,7 +7,7 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::{family_of, Rtnl};
+use super::socket::{family_of, Rtnl};
 use crate::netlink::NlError;
 
 /// Skip duplicate address detection: the address is usable at once, no tentative wait.

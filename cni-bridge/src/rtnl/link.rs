@@ -14,7 +14,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::Rtnl;
+use super::socket::Rtnl;
 use crate::netlink::NlError;
 
 const RTM_NEWLINK: u16 = 16;

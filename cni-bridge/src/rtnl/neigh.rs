@@ -10,7 +10,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::RouteType;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::{family_of, Rtnl};
+use super::socket::{family_of, Rtnl};
 use crate::netlink::NlError;
 
 /// A neighbour entry as the kernel reports it.

@@ -11,7 +11,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::{family_of, Rtnl};
+use super::socket::{family_of, Rtnl};
 use crate::netlink::NlError;
 
 const RT_TABLE_MAIN: u32 = 254;

@@ -201,3 +201,35 @@ fn split(buf: &[u8]) -> Vec<(NetlinkHeader, &[u8])> {
     }
     out
 }
+
+/// An rtnetlink socket in the calling thread's network namespace; the object kinds' modules
+/// add its requests.
+pub struct Rtnl {
+    pub(super) sock: RtSocket,
+}
+
+impl Rtnl {
+    /// Opens a socket in the calling thread's namespace. Open it on a thread inside a pod's
+    /// namespace (see `podnet_netns::NetNs::run`) to configure that pod from any thread.
+    pub fn new() -> Result<Rtnl, NlError> {
+        RtSocket::new().map(|sock| Rtnl { sock })
+    }
+
+    /// Subscribes this socket to an rtnetlink multicast group.
+    pub fn subscribe(&mut self, group: u32) -> Result<(), NlError> {
+        self.sock.join_group(group)
+    }
+
+    /// Waits for a notification of a subscribed group (see [`Rtnl::subscribe`]); returns
+    /// whether any arrived.
+    pub fn wait_event(&mut self, timeout: std::time::Duration) -> Result<bool, NlError> {
+        Ok(!self.sock.wait_notifications(timeout)?.is_empty())
+    }
+}
+
+pub(super) fn family_of(ip: &std::net::IpAddr) -> u8 {
+    match ip {
+        std::net::IpAddr::V4(_) => libc::AF_INET as u8,
+        std::net::IpAddr::V6(_) => libc::AF_INET6 as u8,
+    }
+}

@@ -7,7 +7,7 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, L
 use netlink_packet_route::AddressFamily;
 
 use super::link::link_msg;
-use super::Rtnl;
+use super::socket::Rtnl;
 use crate::netlink::NlError;
 
 /// The VXLAN link to create.
