@@ -12,10 +12,10 @@ use podnet_runtime::{Container, CreateOptions, Runtime, StdioConfig};
 use crate::bundle::{group_of, BundleRecord, BundleSpec, ANN_CONTAINER_TYPE, BUNDLE_RECORD};
 use crate::config::Config;
 use crate::error::{Error, Errors, Result};
+use crate::mount;
 use crate::network::{self, NetRecord};
 use crate::oom::OomWatch;
 use crate::task::{Task, Tasks};
-use crate::{log, mount};
 
 /// What a Create asks for, decoded from the request.
 pub struct CreateRequest<'a> {
@@ -96,7 +96,6 @@ fn create_steps(
 ) -> Result<Task> {
     let id = req.id;
     let bundle = &req.bundle;
-    log::adopt(bundle);
     let pod = group_of(&spec.annotations).unwrap_or_else(|| id.to_string());
     let sandbox_of_pod = tasks.sandbox_of(&pod);
     let sandbox = match spec.annotation(ANN_CONTAINER_TYPE) {

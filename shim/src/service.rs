@@ -14,7 +14,7 @@ use containerd_shim_protos::events::task::{
 use containerd_shim_protos::shim::shim::*;
 use containerd_shim_protos::types::task::{ProcessInfo, Status as ProtoStatus};
 use podnet_runtime::oci_spec::runtime::{LinuxResources, Process as OciProcess};
-use podnet_runtime::{Exit, Runtime, Status, StdioConfig};
+use podnet_runtime::{Exit, Runtime, StdioConfig};
 use protobuf::well_known_types::empty::Empty;
 use protobuf::well_known_types::timestamp::Timestamp;
 use protobuf::{Message, MessageField};
@@ -24,9 +24,9 @@ use crate::config::{Config, Flags, RuntimeOptions};
 use crate::create::{self, CreateRequest};
 use crate::error::{Error, Result};
 use crate::events::{topics, Publisher};
-use crate::task::{exec_not_found, Ended, ExitEvent, ReplyTo, TaskStatus, Tasks};
-use crate::ttrpc::RpcError;
 use crate::metrics;
+use crate::task::{Ended, ExitEvent, ReplyTo, TaskStatus, Tasks};
+use crate::ttrpc::RpcError;
 
 /// A reply to send later (a Wait).
 pub struct Deferred {
@@ -288,6 +288,7 @@ impl Shim {
         let opts = RuntimeOptions::from_any(req.options.as_ref())?;
         let cfg = Config::for_options(&opts)?;
         let bundle = PathBuf::from(&req.bundle);
+        crate::log::adopt(&bundle);
         let spec = BundleSpec::read(&bundle)?;
         self.reap();
         self.runtime_for(&cfg)?;
@@ -324,22 +325,14 @@ impl Shim {
 
     fn start(&mut self, req: StartRequest) -> Result<StartResponse> {
         let rt = self.runtime(&req.id)?;
-        let t = self.tasks.get(&req.id)?;
         let mut resp = StartResponse::new();
+        resp.pid = self.tasks.start(&req.id, &req.exec_id, rt)? as u32;
         if req.exec_id.is_empty() {
-            t.container.start()?;
-            resp.pid = t.container.pid() as u32;
             let mut ev = TaskStart::new();
             ev.container_id = req.id.clone();
             ev.pid = resp.pid;
             self.publisher.publish(topics::START, &ev);
         } else {
-            let e = t.container.exec_info(&req.exec_id).ok_or_else(|| exec_not_found(&req.id, &req.exec_id))?;
-            if e.process.is_some() {
-                return Err(Error::Precondition(format!("exec {:?} was already started", req.exec_id)));
-            }
-            let p = t.container.start_exec(&req.exec_id, rt)?;
-            resp.pid = p.pid() as u32;
             let mut ev = TaskExecStarted::new();
             ev.container_id = req.id.clone();
             ev.exec_id = req.exec_id.clone();
@@ -352,27 +345,14 @@ impl Shim {
     fn delete(&mut self, req: DeleteRequest) -> Result<DeleteResponse> {
         let mut resp = DeleteResponse::new();
         if !req.exec_id.is_empty() {
-            let t = self.tasks.get(&req.id)?;
-            let e = t.container.exec_info(&req.exec_id).ok_or_else(|| exec_not_found(&req.id, &req.exec_id))?;
-            match (&e.process, e.reported) {
-                (Some(_), None) => return Err(Error::Precondition(format!("exec {:?} is still running", req.exec_id))),
-                (Some(p), Some(exit)) => {
-                    resp.pid = p.pid() as u32;
-                    resp.exit_status = exit.code as u32;
-                    resp.exited_at = ts(exit.at);
-                }
-                (None, _) => {}
+            if let Some((pid, exit)) = self.tasks.delete_exec(&req.id, &req.exec_id)? {
+                resp.pid = pid as u32;
+                resp.exit_status = exit.code as u32;
+                resp.exited_at = ts(exit.at);
             }
-            t.container.remove_exec(&req.exec_id)?;
             return Ok(resp);
         }
-        let t = self.tasks.get(&req.id)?;
-        let status = t.container.status();
-        if matches!(status, Status::Running | Status::Paused) && t.exit.is_none() {
-            return Err(Error::Precondition(format!("cannot delete task {:?}: it is {}", req.id, status.as_str())));
-        }
-        let t = self.tasks.remove(&req.id)?;
-        let (Ended { pid, exit, exit_sent, pending_execs }, tail, errs) = t.teardown(&req.id);
+        let (Ended { pid, exit, exit_sent, pending_execs }, tail, errs) = self.tasks.delete(&req.id)?;
         self.del_tails.push(tail);
         resp.pid = pid as u32;
         resp.exit_status = exit.code as u32;
@@ -393,7 +373,10 @@ impl Shim {
         ev.exited_at = resp.exited_at.clone();
         self.publisher.publish(topics::DELETE, &ev);
         tracing::info!(id = %req.id, "task deleted");
-        errs.into_result().map_err(|e| e.context(format!("deleting task {:?}", req.id)))?;
+        // Whatever failed, containerd gets UNKNOWN for a teardown that left something behind.
+        if let Some(e) = errs.into_error() {
+            return Err(Error::Many(podnet_errors::Combine::flatten(e)).context(format!("deleting task {:?}", req.id)));
+        }
         Ok(resp)
     }
 
@@ -448,41 +431,19 @@ impl Shim {
 
     fn kill(&mut self, req: KillRequest) -> Result<Empty> {
         self.reap();
-        let t = self.tasks.get(&req.id)?;
-        let signal = req.signal as i32;
-        if req.exec_id.is_empty() {
-            if t.exit.is_some() && !req.all {
-                return Err(Error::NotFound(format!("process {:?} already finished", req.id)));
-            }
-            t.container.kill(signal, req.all)?;
-        } else {
-            let e = t.container.exec_info(&req.exec_id).ok_or_else(|| exec_not_found(&req.id, &req.exec_id))?;
-            match (&e.process, e.reported) {
-                (Some(p), None) => p
-                    .process()
-                    .signal(signal)
-                    .map_err(|err| Error::Internal(format!("signalling exec {:?}: {err}", req.exec_id)))?,
-                (Some(_), Some(_)) => {
-                    return Err(Error::NotFound(format!("process {:?} already finished", req.exec_id)))
-                }
-                (None, _) => return Err(Error::Precondition(format!("exec {:?} was not started", req.exec_id))),
-            }
-        }
+        self.tasks.kill(&req.id, &req.exec_id, req.signal as i32, req.all)?;
         Ok(Empty::new())
     }
 
     fn exec(&mut self, req: ExecProcessRequest) -> Result<Empty> {
-        let t = self.tasks.get(&req.id)?;
-        if t.container.exec_info(&req.exec_id).is_some() {
-            return Err(Error::AlreadyExists(format!("exec {:?} already exists", req.exec_id)));
-        }
-        if t.exit.is_some() {
-            return Err(Error::Precondition(format!("task {:?} has exited", req.id)));
-        }
-        let spec: OciProcess = serde_json::from_slice(&req.spec.value)
-            .map_err(|e| Error::Invalid(format!("exec {:?}: process spec: {e}", req.exec_id)))?;
-        let terminal = req.terminal || spec.terminal().unwrap_or(false);
-        t.container.add_exec(&req.exec_id, &spec, stdio_of(&req.stdin, &req.stdout, &req.stderr, terminal))?;
+        let spec = |exec_id: &str| -> Result<OciProcess> {
+            serde_json::from_slice(&req.spec.value)
+                .map_err(|e| Error::Invalid(format!("exec {exec_id:?}: process spec: {e}")))
+        };
+        let stdio = |spec: &OciProcess| {
+            stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal || spec.terminal().unwrap_or(false))
+        };
+        self.tasks.add_exec(&req.id, &req.exec_id, spec, stdio)?;
         let mut ev = TaskExecAdded::new();
         ev.container_id = req.id.clone();
         ev.exec_id = req.exec_id.clone();

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use cni_bridge::engine::DelTail;
-use podnet_runtime::{Container, Exit, Status, StdioConfig};
+use podnet_runtime::oci_spec::runtime::Process as OciProcess;
+use podnet_runtime::{Container, Exit, Runtime, Status, StdioConfig};
 
 use crate::bundle::BUNDLE_RECORD;
 use crate::error::{Error, Errors, Result};
@@ -158,7 +159,7 @@ fn not_found(id: &str) -> Error {
     Error::NotFound(format!("task {id:?} not found"))
 }
 
-pub fn exec_not_found(id: &str, exec_id: &str) -> Error {
+fn exec_not_found(id: &str, exec_id: &str) -> Error {
     Error::NotFound(format!("exec {exec_id:?} of task {id:?} not found"))
 }
 
@@ -242,9 +243,91 @@ impl Tasks {
         oom
     }
 
+    /// Start: the init (`exec_id` empty) or a registered exec; returns its pid.
+    pub fn start(&self, id: &str, exec_id: &str, runtime: &Runtime) -> Result<i32> {
+        let t = self.get(id)?;
+        if exec_id.is_empty() {
+            t.container.start()?;
+            return Ok(t.container.pid());
+        }
+        let e = t.container.exec_info(exec_id).ok_or_else(|| exec_not_found(id, exec_id))?;
+        if e.process.is_some() {
+            return Err(Error::Precondition(format!("exec {exec_id:?} was already started")));
+        }
+        Ok(t.container.start_exec(exec_id, runtime)?.pid())
+    }
+
+    /// Exec: registers `exec_id` in task `id` with the process `spec` decodes and the stdio
+    /// `stdio` makes of it (the checks on the task come before the spec is decoded).
+    pub fn add_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        spec: impl FnOnce(&str) -> Result<OciProcess>,
+        stdio: impl FnOnce(&OciProcess) -> StdioConfig,
+    ) -> Result<()> {
+        let t = self.get(id)?;
+        if t.container.exec_info(exec_id).is_some() {
+            return Err(Error::AlreadyExists(format!("exec {exec_id:?} already exists")));
+        }
+        if t.exit.is_some() {
+            return Err(Error::Precondition(format!("task {id:?} has exited")));
+        }
+        let spec = spec(exec_id)?;
+        let stdio = stdio(&spec);
+        t.container.add_exec(exec_id, &spec, stdio)?;
+        Ok(())
+    }
+
+    /// Kill: the init (with `all`, every process of the container) or a running exec. The
+    /// caller reaps first: a process whose exit was reported is "already finished".
+    pub fn kill(&self, id: &str, exec_id: &str, signal: i32, all: bool) -> Result<()> {
+        let t = self.get(id)?;
+        if exec_id.is_empty() {
+            if t.exit.is_some() && !all {
+                return Err(Error::NotFound(format!("process {id:?} already finished")));
+            }
+            return Ok(t.container.kill(signal, all)?);
+        }
+        let e = t.container.exec_info(exec_id).ok_or_else(|| exec_not_found(id, exec_id))?;
+        match (&e.process, e.reported) {
+            (Some(p), None) => {
+                p.process().signal(signal).map_err(|err| Error::Internal(format!("signalling exec {exec_id:?}: {err}")))
+            }
+            (Some(_), Some(_)) => Err(Error::NotFound(format!("process {exec_id:?} already finished"))),
+            (None, _) => Err(Error::Precondition(format!("exec {exec_id:?} was not started"))),
+        }
+    }
+
+    /// Delete of an exec that exited (its exit reported) or never started; returns the pid
+    /// and exit of one that ran.
+    pub fn delete_exec(&self, id: &str, exec_id: &str) -> Result<Option<(i32, Exit)>> {
+        let t = self.get(id)?;
+        let e = t.container.exec_info(exec_id).ok_or_else(|| exec_not_found(id, exec_id))?;
+        let ran = match (&e.process, e.reported) {
+            (Some(_), None) => return Err(Error::Precondition(format!("exec {exec_id:?} is still running"))),
+            (Some(p), Some(exit)) => Some((p.pid(), exit)),
+            (None, _) => None,
+        };
+        t.container.remove_exec(exec_id)?;
+        Ok(ran)
+    }
+
+    /// Delete of task `id`, which must not be running: removed, and torn down
+    /// ([`Task::teardown`]).
+    pub fn delete(&mut self, id: &str) -> Result<(Ended, DelTail, Errors)> {
+        let t = self.get(id)?;
+        let status = t.container.status();
+        if matches!(status, Status::Running | Status::Paused) && t.exit.is_none() {
+            return Err(Error::Precondition(format!("cannot delete task {id:?}: it is {}", status.as_str())));
+        }
+        Ok(self.remove(id)?.teardown(id))
+    }
+
     /// Collects every exit that happened: execs first, then inits (whose exit waits until the
     /// container's execs have all been reported). Answers the Waits on them; returns the
     /// exits to publish, in order.
+    #[must_use = "the exits are to be published (TaskExit)"]
     pub fn reap(&mut self) -> Vec<ExitEvent> {
         let mut events = Vec::new();
         for (id, t) in self.tasks.iter_mut() {

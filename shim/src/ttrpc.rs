@@ -63,14 +63,8 @@ impl RpcError {
     pub fn new(code: Code, message: impl Into<String>) -> RpcError {
         RpcError { code, message: message.into() }
     }
-    pub fn not_found(m: impl Into<String>) -> RpcError {
-        RpcError::new(Code::NOT_FOUND, m)
-    }
     pub fn invalid(m: impl Into<String>) -> RpcError {
         RpcError::new(Code::INVALID_ARGUMENT, m)
-    }
-    pub fn precondition(m: impl Into<String>) -> RpcError {
-        RpcError::new(Code::FAILED_PRECONDITION, m)
     }
     pub fn internal(m: impl Into<String>) -> RpcError {
         RpcError::new(Code::INTERNAL, m)
@@ -242,7 +236,7 @@ mod tests {
 
     #[test]
     fn error_responses_carry_code_and_message() {
-        let bytes = response(Err(RpcError::not_found("no such task")));
+        let bytes = response(Err(RpcError::new(Code::NOT_FOUND, "no such task")));
         let r = Response::parse_from_bytes(&bytes).unwrap();
         assert_eq!(r.status.code.enum_value_or(Code::OK), Code::NOT_FOUND);
         assert_eq!(r.status.message, "no such task");
