@@ -356,7 +356,9 @@ impl Agent {
         let now = now_unix();
         self.last_seen = peers.keys().map(|k| (*k, now)).collect();
         self.peers = peers;
+        let t = std::time::Instant::now();
         self.apply();
+        log!("reconciled with {} peers in {} us", self.status.peers.len(), t.elapsed().as_micros());
         let mut watch = match store.watch(rev + 1).await {
             Ok(w) => w,
             Err(e) => return Outcome::Outage(e),

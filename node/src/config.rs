@@ -55,16 +55,28 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    pub fn load(path: &Path) -> Result<NodeConfig> {
+    /// Reads node.toml; `overrides` (key, value) replace its string keys (`podnet node run
+    /// --name ... --node-ip ...`, as a DaemonSet passes the node's name and IP).
+    pub fn load(path: &Path, overrides: &[(&str, &str)]) -> Result<NodeConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-        Self::parse(&text).map_err(|e| match e {
+        let named = |e: Error| match e {
             Error::Config { key, msg } => Error::config(format!("{}: {key}", path.display()), msg),
             e => e,
-        })
+        };
+        let mut t = table(&text).map_err(named)?;
+        for (k, v) in overrides {
+            t.insert((*k).to_string(), toml::Value::String((*v).to_string()));
+        }
+        Self::from_table(t).map_err(named)
     }
 
+    #[cfg(test)]
     pub fn parse(text: &str) -> Result<NodeConfig> {
-        let raw: RawNodeConfig = toml::from_str(text).map_err(|e| Error::config("node.toml", e.message()))?;
+        Self::from_table(table(text)?)
+    }
+
+    fn from_table(t: toml::Table) -> Result<NodeConfig> {
+        let raw: RawNodeConfig = t.try_into().map_err(|e: toml::de::Error| Error::config("node.toml", e.message()))?;
         let name = match raw.name {
             Some(n) => n,
             None => hostname().map_err(|e| Error::config("name", format!("not set and no hostname: {e}")))?,
@@ -127,6 +139,10 @@ impl NodeConfig {
     pub fn lease_path(&self) -> PathBuf {
         self.state_dir.join("lease.json")
     }
+}
+
+fn table(text: &str) -> Result<toml::Table> {
+    toml::from_str(text).map_err(|e| Error::config("node.toml", e.message()))
 }
 
 fn hostname() -> std::io::Result<String> {

@@ -3,7 +3,7 @@
 //! ```text
 //! podnet cluster init --etcd-endpoints URL[,URL...] --cluster-cidr CIDR [--prefix /podnet]
 //!                     [--subnet-len 24] [--backend host-gw|vxlan|auto] [--vni 1] [--port 8472]
-//! podnet node run     [--config /etc/podnet/node.toml]
+//! podnet node run     [--config /etc/podnet/node.toml] [--name N] [--node-ip IP] [--subnet CIDR]
 //! podnet node status  [--config /etc/podnet/node.toml] [--json]
 //! podnet node leave   [--config /etc/podnet/node.toml]
 //! ```
@@ -29,9 +29,10 @@ use error::{Error, Result};
 const USAGE: &str = "usage:
   podnet cluster init --etcd-endpoints URL[,URL...] --cluster-cidr CIDR [--prefix /podnet]
                       [--subnet-len 24] [--backend host-gw|vxlan|auto] [--vni 1] [--port 8472]
-  podnet node run     [--config /etc/podnet/node.toml]
+  podnet node run     [--config /etc/podnet/node.toml] [--name N] [--node-ip IP] [--subnet CIDR]
   podnet node status  [--config /etc/podnet/node.toml] [--json]
   podnet node leave   [--config /etc/podnet/node.toml]
+(--name, --node-ip and --subnet, given to every node command, replace node.toml's keys)
 ";
 
 /// `--flag value` pairs and bare `--switch`es; anything not in `allowed` is an error.
@@ -60,10 +61,17 @@ fn flags(args: &[String], with_value: &[&str], switches: &[&str]) -> Result<BTre
     Ok(out)
 }
 
+/// node.toml, with `--name`, `--node-ip` and `--subnet` in place of its keys.
 fn node_config(f: &BTreeMap<String, String>) -> Result<NodeConfig> {
     let path = f.get("--config").map_or_else(|| PathBuf::from(DEFAULT_CONFIG), PathBuf::from);
-    NodeConfig::load(&path)
+    let overrides: Vec<(&str, &str)> = [("--name", "name"), ("--node-ip", "node_ip"), ("--subnet", "subnet")]
+        .into_iter()
+        .filter_map(|(flag, key)| f.get(flag).map(|v| (key, v.as_str())))
+        .collect();
+    NodeConfig::load(&path, &overrides)
 }
+
+const NODE_FLAGS: [&str; 4] = ["--config", "--name", "--node-ip", "--subnet"];
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -102,18 +110,18 @@ fn main_() -> Result<String> {
             runtime()?.block_on(cli::cluster_init(&endpoints, prefix, &s))
         }
         ["node", "run"] => {
-            let f = flags(rest, &["--config"], &[])?;
+            let f = flags(rest, &NODE_FLAGS, &[])?;
             let cfg = node_config(&f)?;
             runtime()?.block_on(agent::run(cfg))?;
             Ok(String::new())
         }
         ["node", "status"] => {
-            let f = flags(rest, &["--config"], &["--json"])?;
+            let f = flags(rest, &NODE_FLAGS, &["--json"])?;
             let cfg = node_config(&f)?;
             runtime()?.block_on(cli::status(&cfg, f.contains_key("--json")))
         }
         ["node", "leave"] => {
-            let f = flags(rest, &["--config"], &[])?;
+            let f = flags(rest, &NODE_FLAGS, &[])?;
             let cfg = node_config(&f)?;
             runtime()?.block_on(cli::leave(&cfg))
         }
