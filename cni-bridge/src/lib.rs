@@ -11,12 +11,14 @@ pub mod result;
 pub mod rtnl;
 
 pub use error::{CniError, ErrorList, Result};
+pub use node_facts::{NodeFacts, NodeFactsError, DEFAULT_NODE_FACTS};
 pub mod attachment;
 pub mod bridge;
 mod dad;
 pub mod engine;
 pub mod loopback;
 pub mod names;
+pub mod node_facts;
 pub mod plugin;
 pub mod portmap;
 pub mod sysctl;

@@ -33,6 +33,8 @@ impl BridgePlugin {
                 "cannot use IPAM when disableContainerInterface is set",
             ));
         }
+        // Cluster mode without usable node facts: nothing is created.
+        self.cluster_facts()?;
         let netns_path = req.netns.ok_or_else(|| CniError::invalid_env("CNI_NETNS", "required for ADD"))?;
         let pod = NetNs::open(netns_path).map_err(|e| CniError::io("open the pod network namespace", e))?;
         let id = AttachmentId::new(&self.network, req.container_id, req.ifname);
@@ -243,7 +245,8 @@ impl Add<'_> {
         Ok((ips, routes))
     }
 
-    /// The node side: gateway addresses, forwarding.
+    /// The node side: gateway addresses, forwarding, and in cluster mode the node's L3 between
+    /// the pods of the bridge.
     fn configure_node(&mut self, allocated: &[IpamConfigured]) -> Result<()> {
         let c = &self.plugin.conf;
         if c.is_gateway {
@@ -254,6 +257,9 @@ impl Add<'_> {
                         IpNet::new(gw, a.address.prefix_len()).map_err(|e| CniError::internal("gateway address", e))?;
                     ensure_addr(&mut self.host, &gw_link, gw_net, c.force_address)?;
                 }
+            }
+            if self.plugin.route_pods_through_node() {
+                self.plugin.route_through_node(&gw_link.name)?;
             }
         }
         if c.is_gateway || c.ip_masq {
@@ -272,7 +278,7 @@ impl Add<'_> {
         let c = &self.plugin.conf;
         let mut plan = FirewallPlan { tag: self.id.tag(), masq: Vec::new(), port_maps: Vec::new(), mac_spoof: None };
         if c.ip_masq {
-            plan.masq = allocated.iter().map(|a| (a.address.addr(), a.address.trunc())).collect();
+            plan.masq = allocated.iter().map(|a| (a.address.addr(), self.plugin.masq_exempt(&a.address))).collect();
         }
         if c.mac_spoof_check {
             plan.mac_spoof = Some((self.id.host_veth(), self.pod_mac));

@@ -15,6 +15,7 @@ impl BridgePlugin {
     /// CHECK: the pod interface carries the result's addresses and routes, the host veth is on
     /// the bridge, IPAM holds the addresses, and the firewall rules are in place.
     pub fn check(&self, input: &PluginInput, req: &Request<'_>) -> Result<()> {
+        self.cluster_facts()?;
         let prev =
             input.prev_result.as_ref().ok_or_else(|| CniError::invalid_config("prevResult", "required for CHECK"))?;
         let netns_path = req.netns.ok_or_else(|| CniError::invalid_env("CNI_NETNS", "required for CHECK"))?;
@@ -60,6 +61,9 @@ impl BridgePlugin {
         if hv.master != Some(br.index) {
             return Err(fail(format!("host veth {} is not attached to bridge {}", hv.name, br.name)));
         }
+        if self.route_pods_through_node() && self.conf.is_gateway {
+            self.check_route_through_node(&self.gateway_link_name()).map_err(|e| fail(e.msg))?;
+        }
         let held = self.host_local()?.get(req.container_id, req.ifname)?;
         for ip in &prev.ips {
             if !held.contains(&ip.address.addr()) {
@@ -71,7 +75,7 @@ impl BridgePlugin {
         let mut plan = FirewallPlan { tag: String::new(), masq: Vec::new(), port_maps: Vec::new(), mac_spoof: None };
         let mut kinds = Vec::new();
         if self.conf.ip_masq {
-            plan.masq = prev.ips.iter().map(|i| (i.address.addr(), i.address.trunc())).collect();
+            plan.masq = prev.ips.iter().map(|i| (i.address.addr(), self.masq_exempt(&i.address))).collect();
             kinds.push("masquerade");
         }
         if input.plugin_type == "podnet" {

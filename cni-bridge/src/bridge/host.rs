@@ -51,6 +51,14 @@ impl BridgePlugin {
         Ok(link)
     }
 
+    /// The name of [`Self::gateway_link`].
+    pub(super) fn gateway_link_name(&self) -> String {
+        match self.conf.vlan {
+            Some(vid) => format!("{}.{vid}", self.conf.bridge),
+            None => self.conf.bridge.clone(),
+        }
+    }
+
     /// Where the gateway address lives: the bridge, or `<bridge>.<vlan>` on a VLAN bridge.
     pub(super) fn gateway_link(&self, host: &mut Rtnl, br: &Link) -> Result<Link> {
         let Some(vid) = self.conf.vlan else { return Ok(br.clone()) };

@@ -39,14 +39,7 @@ impl IpamConfig {
     /// Like `from_json`, plus the `ipRanges` capability (`runtimeConfig.ipRanges`), whose
     /// range sets come first, as in the reference.
     pub fn from_json_with_ip_ranges(ipam: &Value, ip_ranges: Option<&Value>) -> Result<IpamConfig> {
-        let obj = ipam.as_object().ok_or_else(|| CniError::invalid_config("ipam", "must be an object"))?;
-        let f = Fields::config(obj).with_prefix("ipam");
-        match opt_str(&f, "type")? {
-            Some("host-local") => {}
-            Some(t) => return Err(f.err("type", format_args!("{t:?} is not \"host-local\""))),
-            None => return Err(f.err("type", "missing; must be \"host-local\"")),
-        }
-
+        let f = host_local_fields(ipam)?;
         // (range set, path used in error messages)
         let mut sets: Vec<(RangeSet, String)> = Vec::new();
         if let Some(rt) = ip_ranges.filter(|v| !v.is_null()) {
@@ -74,7 +67,18 @@ impl IpamConfig {
                 }
             }
         }
+        Self::with_ranges(&f, sets.into_iter().map(|(s, _)| s).collect())
+    }
 
+    /// The `ipam` object read for everything but its ranges, which the caller supplies: the
+    /// node facts' range set in cluster mode (none when the facts could not be read: DEL and
+    /// GC release by container id and need no range). `subnet` and `ranges` are not read.
+    pub fn from_json_with_ranges(ipam: &Value, ranges: Vec<RangeSet>) -> Result<IpamConfig> {
+        Self::with_ranges(&host_local_fields(ipam)?, ranges)
+    }
+
+    /// Routes, data dir and resolvConf of a host-local object, with `ranges`.
+    fn with_ranges(f: &Fields, ranges: Vec<RangeSet>) -> Result<IpamConfig> {
         let mut routes = Vec::new();
         if let Some(v) = f.get("routes") {
             let list = v.as_array().ok_or_else(|| f.err("routes", "must be a list"))?;
@@ -108,15 +112,21 @@ impl IpamConfig {
             }
         }
 
-        let data_dir = opt_str(&f, "dataDir")?.filter(|s| !s.is_empty()).unwrap_or(DEFAULT_DATA_DIR);
-        let resolv_conf = opt_str(&f, "resolvConf")?.filter(|s| !s.is_empty()).map(PathBuf::from);
+        let data_dir = opt_str(f, "dataDir")?.filter(|s| !s.is_empty()).unwrap_or(DEFAULT_DATA_DIR);
+        let resolv_conf = opt_str(f, "resolvConf")?.filter(|s| !s.is_empty()).map(PathBuf::from);
 
-        Ok(IpamConfig {
-            ranges: sets.into_iter().map(|(s, _)| s).collect(),
-            routes,
-            data_dir: PathBuf::from(data_dir),
-            resolv_conf,
-        })
+        Ok(IpamConfig { ranges, routes, data_dir: PathBuf::from(data_dir), resolv_conf })
+    }
+}
+
+/// The fields of a host-local `ipam` object (its `type` checked), errors prefixed `ipam.`.
+fn host_local_fields(ipam: &Value) -> Result<Fields<'_>> {
+    let obj = ipam.as_object().ok_or_else(|| CniError::invalid_config("ipam", "must be an object"))?;
+    let f = Fields::config(obj).with_prefix("ipam");
+    match opt_str(&f, "type")? {
+        Some("host-local") => Ok(f),
+        Some(t) => Err(f.err("type", format_args!("{t:?} is not \"host-local\""))),
+        None => Err(f.err("type", "missing; must be \"host-local\"")),
     }
 }
 
