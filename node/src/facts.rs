@@ -1,6 +1,7 @@
-//! The node's network facts for the CNI plugin: what a conflist naming no subnet of its own
-//! uses (docs/cluster.md).
+//! The node's network facts for the CNI plugin (`cni_bridge::NodeFacts`): what a conflist
+//! naming no subnet of its own uses (docs/cluster.md, "CNI: the node facts").
 
+use cni_bridge::NodeFacts;
 use ipnet::Ipv4Net;
 
 use crate::config::{ClusterSettings, NodeConfig};
@@ -10,16 +11,16 @@ use crate::error::{Error, Result};
 /// address, which the bridge takes), the pods' MTU and the cluster CIDR (masquerade stops at it).
 pub fn write(cfg: &NodeConfig, s: &ClusterSettings, subnet: Ipv4Net, mtu: u32) -> Result<()> {
     let gateway = subnet.hosts().next().ok_or_else(|| Error::Other(format!("{subnet} has no host addresses")))?;
-    let facts = serde_json::json!({
-        "node": cfg.name,
-        "subnet": subnet.to_string(),
-        "gateway": gateway.to_string(),
-        "mtu": mtu,
-        "clusterCIDR": s.cluster_cidr.to_string(),
-        "backend": s.backend.as_str(),
-    });
-    let bytes = serde_json::to_vec_pretty(&facts).map_err(|e| Error::Other(format!("encode facts: {e}")))?;
-    crate::lease::write_atomic(&cfg.facts_path(), &bytes, 0o644)
+    let facts = NodeFacts {
+        node: cfg.name.clone(),
+        subnet,
+        gateway,
+        mtu,
+        cluster_cidr: s.cluster_cidr,
+        backend: s.backend.as_str().to_string(),
+    };
+    let p = cfg.facts_path();
+    facts.write_atomic(&p).map_err(|e| Error::io(format!("write the node facts {}", p.display()), e))
 }
 
 /// Removes the facts file (`podnet node leave`).
