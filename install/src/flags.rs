@@ -15,7 +15,9 @@ Installs podnet as containerd's CRI runtime handler `podnet` (root, idempotent).
                                a CNI bin dir of containerd's CRI plugin (bin_dir / bin_dirs)
   --cni-conf-dir DIR           the handler's cni_conf_dir, holding 10-podnet.conflist
                                (/etc/podnet/cri.d); keep other conflists out of it
-  --subnet CIDR                the pods' IPv4 range (10.89.0.0/16)
+  --subnet CIDR|node           the pods' IPv4 range (10.89.0.0/16); `node`: none in the
+                               conflist, each node's from the facts of podnet's node agent
+                               (/run/podnet/node.json, docs/cluster.md)
   --subnet6 CIDR               an IPv6 range as well: dual-stack (none)
   --containerd-address PATH    containerd's gRPC socket, exactly as containerd passes it to
                                shims (/run/containerd/containerd.sock)
@@ -214,7 +216,13 @@ fn check(flags: &mut Flags, cgroup_driver: Option<String>, config_version: Optio
     if flags.cni_conf_dir == "/" || flags.conf_dir == "/" {
         return Err(Die::usage("--cni-conf-dir and --containerd-conf-dir must not be /"));
     }
-    check_cidr4("--subnet", &flags.subnet)?;
+    if flags.subnet == "node" {
+        if flags.subnet6.is_some() {
+            return Err(Die::usage("--subnet6 cannot go with --subnet node: a node's facts give one IPv4 subnet"));
+        }
+    } else {
+        check_cidr4("--subnet", &flags.subnet)?;
+    }
     if let Some(s6) = &flags.subnet6 {
         check_cidr6("--subnet6", s6)?;
     }

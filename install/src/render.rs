@@ -39,6 +39,8 @@ impl Vars {
     fn get(&self, name: &str) -> Option<String> {
         Some(match name {
             "CNI_VERSION" => self.cni_version.clone(),
+            // `--subnet node`: no range in the conflist, so the engine takes the node facts.
+            "IPAM_RANGES" if self.subnet == "node" => "[]".to_string(),
             "IPAM_RANGES" => match &self.subnet6 {
                 None => format!("[[{{\"subnet\": \"{}\"}}]]", self.subnet),
                 Some(s6) => format!("[[{{\"subnet\": \"{}\"}}], [{{\"subnet\": \"{s6}\"}}]]", self.subnet),

@@ -247,6 +247,17 @@ fn containerd17_drop_in_is_config_v2_and_conflist_is_cni_1_0_0() {
 }
 
 #[test]
+fn subnet_node_leaves_the_range_to_the_node_facts() {
+    let s = Staged::new();
+    s.render(&["--containerd-version", "2", "--subnet", "node"]);
+    let (net, json) = conflist(&s.read("/etc/podnet/cri.d/10-podnet.conflist"));
+    assert_eq!(net.cni_version, "1.1.0");
+    let ipam = &json["plugins"][0]["ipam"];
+    assert_eq!(ipam["ranges"], serde_json::json!([]), "{ipam}");
+    assert!(ipam.get("subnet").is_none(), "{ipam}");
+}
+
+#[test]
 fn containerd17_warns_that_imports_replace_the_cri_table() {
     let s = Staged::new();
     std::fs::create_dir_all(s.at("/etc/containerd")).unwrap();
@@ -672,6 +683,7 @@ fn bad_flags_fail_naming_the_flag_and_write_nothing() {
         (&["--subnet", "10.300.0.0/16"], "--subnet"),
         (&["--subnet", "fd89::/64"], "--subnet"),
         (&["--subnet6", "10.1.0.0/16"], "--subnet6"),
+        (&["--subnet", "node", "--subnet6", "fd89::/64"], "--subnet6"),
         (&["--namespace", "k8s/io"], "--namespace"),
         (&["--containerd-version", "1.6"], "--containerd-version"),
         (&["--containerd-version", "1.7", "--config-version", "3"], "--config-version"),
