@@ -4,6 +4,7 @@
 //! when the test fails, and deleting the node namespace takes its bridges, veths and nft
 //! tables with it: nothing touches the host's own interfaces, routes or firewall.
 
+pub mod cluster;
 pub mod confinement;
 pub mod containerd;
 pub mod cri;
