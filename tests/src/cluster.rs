@@ -63,6 +63,43 @@ pub use etcd::{Etcd, KeyValue, CLIENT_PORT, ETCD_BINARY, PEER_PORT};
 pub use fabric::{Fabric, Node, NodeSpec, Segment, DATASTORE_HOST};
 pub use http::{http, HttpResponse};
 
+/// What exists before a test: this process's named network namespaces and a leak snapshot.
+pub struct Before {
+    netns: std::collections::BTreeSet<String>,
+    snapshot: crate::leaks::Snapshot,
+    marker: String,
+}
+
+impl Before {
+    pub fn take() -> Before {
+        let marker = crate::unique("pncl");
+        Before { netns: our_netns(), snapshot: crate::leaks::Snapshot::take(&marker), marker }
+    }
+
+    /// Panics when a named namespace of this process, a mount, a namespace or a process is new.
+    pub fn assert_clean(self) {
+        let left: Vec<String> = our_netns().difference(&self.netns).cloned().collect();
+        assert!(left.is_empty(), "network namespaces left behind: {left:?}");
+        crate::leaks::assert_no_leaks(&self.snapshot, &self.marker);
+    }
+}
+
+/// The names in `ip netns list` made by this process (`unique()` names end in `<pid>x<n>`).
+pub fn our_netns() -> std::collections::BTreeSet<String> {
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    let tag = format!("{}x", std::process::id());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| {
+            n.rsplit_once(&tag).is_some_and(|(head, n)| {
+                !head.ends_with(|c: char| c.is_ascii_digit()) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            })
+        })
+        .map(String::from)
+        .collect()
+}
+
 /// Calls `f` until it returns `Ok`, for at most `timeout`, and returns the value; between
 /// calls it sleeps 10 ms, doubling up to 200 ms. `Err` carries what was observed instead:
 /// on timeout the panic names `what` and shows the last observation.

@@ -11,47 +11,12 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use podnet_tests::cluster::{http, poll_until, write_node_config, Agent, Fabric, Node, NodeConfig, NodeSpec};
+use podnet_tests::cluster::{
+    http, our_netns, poll_until, write_node_config, Agent, Before, Fabric, Node, NodeConfig, NodeSpec,
+};
 use podnet_tests::containerd::alive;
-use podnet_tests::leaks::{self, Snapshot};
-use podnet_tests::{pings, require_root, unique, Ns, TempDir};
-
-/// What exists before a test: this process's named network namespaces and a leak snapshot.
-struct Before {
-    netns: BTreeSet<String>,
-    snapshot: Snapshot,
-    marker: String,
-}
-
-impl Before {
-    fn take() -> Before {
-        let marker = unique("pnclh");
-        Before { netns: our_netns(), snapshot: Snapshot::take(&marker), marker }
-    }
-
-    /// Panics when a named namespace of this process, a mount, a namespace or a process is new.
-    fn assert_clean(self) {
-        let left: Vec<String> = our_netns().difference(&self.netns).cloned().collect();
-        assert!(left.is_empty(), "network namespaces left behind: {left:?}");
-        leaks::assert_no_leaks(&self.snapshot, &self.marker);
-    }
-}
-
-/// The names in `ip netns list` made by this process (`unique()` names end in `<pid>x<n>`).
-fn our_netns() -> BTreeSet<String> {
-    let out = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
-    let tag = format!("{}x", std::process::id());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| {
-            n.rsplit_once(&tag).is_some_and(|(head, n)| {
-                !head.ends_with(|c: char| c.is_ascii_digit()) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-            })
-        })
-        .map(String::from)
-        .collect()
-}
+use podnet_tests::leaks;
+use podnet_tests::{pings, require_root, Ns, TempDir};
 
 fn ns_inode(ns: &Ns) -> u64 {
     fs::metadata(&ns.path).map(|m| m.ino()).expect("stat namespace")
