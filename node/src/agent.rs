@@ -415,6 +415,11 @@ impl Agent {
                             *t = now;
                         }
                     }
+                    // A reconcile that failed (a foreign route in the way, a kernel error) is
+                    // tried again at every tick until it succeeds.
+                    if self.status.reconcile_error.is_some() {
+                        self.apply();
+                    }
                     self.refresh_status();
                     self.save_status();
                 }

@@ -579,3 +579,43 @@ fn bad_config_is_refused_naming_the_key_and_nothing_is_programmed() {
     assert!(!c.facts_path("a").exists());
     c.finish(before);
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_starting_agent_removes_only_its_own_stale_entries_and_never_overwrites_others() {
+    require_root();
+    let _serial = leaks::serial();
+    let before = Before::take();
+    let mut c = Cluster::new(Fabric::l2("10.99.0.0/24"));
+    for n in ["a", "b"] {
+        c.add_node(NodeSpec::new(n));
+    }
+    c.init("host-gw", &[]);
+    // b holds a fixed subnet; a already has a route to it that podnet did not make, a stale
+    // podnet route to a node long gone, and a route of someone else's.
+    c.agents.insert("b".into(), Agent::new(c.node("b").ns(), &c.config("b", Some("10.244.9.0/24"))));
+    c.wait_facts("b");
+    let a = c.node("a").ns();
+    let b_ip = c.node("b").ip();
+    a.sh(&format!("ip route add 10.244.9.0/24 via {b_ip} proto static"));
+    a.sh(&format!("ip route add 10.244.77.0/24 via {b_ip} proto 97"));
+    a.sh(&format!("ip route add 10.250.0.0/16 via {b_ip} proto static"));
+    c.start("a");
+    poll_until("a removes the stale podnet route", Duration::from_secs(5), || {
+        let r = c.routes("a");
+        (!r.contains("10.244.77.0")).then_some(()).ok_or(r)
+    });
+    let all = c.node("a").ns().sh("ip route");
+    assert!(all.contains("10.250.0.0/16") && all.contains("proto static"), "someone else's route stays: {all}");
+    assert!(all.lines().any(|l| l.starts_with("10.244.9.0/24") && l.contains("proto static")), "{all}");
+    let st = c.status("a");
+    assert!(st["reconcileError"].as_str().is_some_and(|e| e.contains("not made by podnet is in the way")), "{st}");
+    assert_eq!(st["peers"][0]["inPlace"]["route"], false, "{st}");
+    // Once the foreign route is gone, the agent's retry (every TTL/3) puts podnet's in.
+    c.node("a").ns().sh("ip route del 10.244.9.0/24 proto static");
+    poll_until("a routes b's subnet", Duration::from_secs(5), || {
+        let r = c.routes("a");
+        r.contains("10.244.9.0/24").then_some(()).ok_or(r)
+    });
+    c.finish(before);
+}

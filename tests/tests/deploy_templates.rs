@@ -878,3 +878,87 @@ fn root_install_of_the_shim_binary() {
     }
     assert!(main.exists(), "config.toml is never touched");
 }
+
+// -------------------------------------------------------------------------------------------
+// deploy/node: the node agent's config, systemd unit and DaemonSet
+
+/// `podnet node run` with `config` (its run_dir and state_dir moved into `scratch`) and `extra`
+/// flags, in a namespace of its own where no node IP of the examples exists: the agent must get
+/// past parsing and stop at the node IP check, having programmed nothing.
+fn agent_accepts(config: &str, scratch: &std::path::Path, extra: &[&str]) {
+    let mut text: String = config
+        .lines()
+        .filter(|l| !l.starts_with("run_dir") && !l.starts_with("state_dir"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!("run_dir = \"{}/run\"\nstate_dir = \"{}/state\"\n", scratch.display(), scratch.display()));
+    let path = scratch.join("node.toml");
+    std::fs::write(&path, text).unwrap();
+    let ns = podnet_tests::Ns::new("pndep");
+    let mut cmd = Command::new(podnet_tests::cluster::podnet_binary());
+    cmd.args(["node", "run", "--config", path.to_str().unwrap()]).args(extra);
+    let o = ns.command(&mut cmd).output().expect("run podnet");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("node_ip") && err.contains("is not an address of this node"), "{err}");
+    assert!(!scratch.join("run/node.json").exists() && !scratch.join("state/lease.json").exists());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn node_toml_example_is_the_agents_config() {
+    podnet_tests::require_root();
+    let dir = TempDir::new("pnnode");
+    let text = std::fs::read_to_string(repo().join("deploy/node/node.toml")).unwrap();
+    // `name` defaults to the hostname, which need not be a node name on every machine.
+    agent_accepts(&text, dir.path(), &["--name", "node-1"]);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn node_daemonset_runs_the_agent_with_the_nodes_name_and_ip() {
+    podnet_tests::require_root();
+    let text = std::fs::read_to_string(repo().join("deploy/node/daemonset.yaml")).unwrap();
+    let docs: Vec<serde_yaml::Value> = text
+        .split("\n---\n")
+        .map(|d| serde_yaml::from_str(d).unwrap_or_else(|e| panic!("not YAML ({e}):\n{d}")))
+        .collect();
+    let cm = docs.iter().find(|d| d["kind"].as_str() == Some("ConfigMap")).expect("a ConfigMap");
+    let ds = docs.iter().find(|d| d["kind"].as_str() == Some("DaemonSet")).expect("a DaemonSet");
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"].as_bool(), Some(true));
+    let c = &spec["containers"][0];
+    assert_eq!(c["securityContext"]["privileged"].as_bool(), Some(true));
+    let args: Vec<&str> = c["args"].as_sequence().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    assert_eq!(
+        args,
+        ["node", "run", "--config", "/etc/podnet/node.toml", "--name", "$(NODE_NAME)", "--node-ip", "$(NODE_IP)"]
+    );
+    let env: std::collections::BTreeMap<&str, &str> = c["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap()))
+        .collect();
+    assert_eq!(env["NODE_NAME"], "spec.nodeName");
+    assert_eq!(env["NODE_IP"], "status.hostIP");
+    let paths: Vec<&str> =
+        spec["volumes"].as_sequence().unwrap().iter().filter_map(|v| v["hostPath"]["path"].as_str()).collect();
+    assert_eq!(paths, ["/run/podnet", "/var/lib/podnet/node"]);
+    // The ConfigMap's node.toml with the flags the pod passes (a node name and IP as kubelet
+    // has them) is a config the agent accepts.
+    let dir = TempDir::new("pnds");
+    let toml = cm["data"]["node.toml"].as_str().expect("node.toml in the ConfigMap");
+    agent_accepts(toml, dir.path(), &["--name", "worker-1", "--node-ip", "192.0.2.7"]);
+}
+
+#[test]
+fn node_systemd_unit_runs_the_agent_and_keeps_state_on_stop() {
+    let text = std::fs::read_to_string(repo().join("deploy/node/podnet-node.service")).unwrap();
+    let keys: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once('=')).collect();
+    let get = |k: &str| keys.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    assert_eq!(get("ExecStart"), Some("/usr/local/bin/podnet node run --config /etc/podnet/node.toml"));
+    assert_eq!(get("KillSignal"), Some("SIGTERM"));
+    assert_eq!(get("Restart"), Some("always"));
+    assert_eq!(get("RuntimeDirectoryPreserve"), Some("yes"), "a restart must not lose /run/podnet (the facts)");
+    assert!(get("Before").is_some_and(|b| b.contains("containerd.service")));
+}
