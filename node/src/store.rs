@@ -177,34 +177,33 @@ impl Store {
 
     /// Creates `subnet`'s record and this node's name key under `lease`, unless either exists.
     pub async fn try_claim(&mut self, subnet: Ipv4Net, rec: &SubnetRecord, lease: i64) -> Result<bool> {
-        let sk = subnet_key(&self.prefix, subnet);
-        let nk = node_key(&self.prefix, &rec.node);
-        let value = serde_json::to_vec(rec).map_err(|e| Error::Other(format!("encode record: {e}")))?;
-        let put = || Some(PutOptions::new().with_lease(lease));
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(sk.clone(), CompareOp::Equal, 0),
-                Compare::create_revision(nk.clone(), CompareOp::Equal, 0),
-            ])
-            .and_then([TxnOp::put(sk.clone(), value, put()), TxnOp::put(nk, sk.clone(), put())]);
-        let resp = self.client.txn(txn).await.map_err(|e| Error::etcd(format!("claim {sk}"), e))?;
-        Ok(resp.succeeded())
+        self.put_both(subnet, rec, lease, |k| Compare::create_revision(k, CompareOp::Equal, 0), "claim").await
     }
 
     /// Rewrites this node's record under the lease it holds (its node IP or VTEP MAC changed),
-    /// only if the key is still bound to that lease.
+    /// only if both keys are still bound to that lease.
     pub async fn refresh(&mut self, subnet: Ipv4Net, rec: &SubnetRecord, lease: i64) -> Result<bool> {
+        self.put_both(subnet, rec, lease, |k| Compare::lease(k, CompareOp::Equal, lease), "refresh").await
+    }
+
+    /// Puts the subnet record and the name key under `lease` in one transaction, if `cond`
+    /// holds for both keys.
+    async fn put_both(
+        &mut self,
+        subnet: Ipv4Net,
+        rec: &SubnetRecord,
+        lease: i64,
+        cond: impl Fn(String) -> Compare,
+        what: &str,
+    ) -> Result<bool> {
         let sk = subnet_key(&self.prefix, subnet);
         let nk = node_key(&self.prefix, &rec.node);
         let value = serde_json::to_vec(rec).map_err(|e| Error::Other(format!("encode record: {e}")))?;
         let put = || Some(PutOptions::new().with_lease(lease));
         let txn = Txn::new()
-            .when([
-                Compare::lease(sk.clone(), CompareOp::Equal, lease),
-                Compare::lease(nk.clone(), CompareOp::Equal, lease),
-            ])
+            .when([cond(sk.clone()), cond(nk.clone())])
             .and_then([TxnOp::put(sk.clone(), value, put()), TxnOp::put(nk, sk.clone(), put())]);
-        let resp = self.client.txn(txn).await.map_err(|e| Error::etcd(format!("refresh {sk}"), e))?;
+        let resp = self.client.txn(txn).await.map_err(|e| Error::etcd(format!("{what} {sk}"), e))?;
         Ok(resp.succeeded())
     }
 

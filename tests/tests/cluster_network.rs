@@ -58,6 +58,16 @@ impl Cluster {
         }
     }
 
+    /// A cluster of `names` on `fabric`'s first segment, initialized with `backend`.
+    fn of(fabric: Fabric, names: &[&str], backend: &str) -> Cluster {
+        let mut c = Cluster::new(fabric);
+        for n in names {
+            c.add_node(NodeSpec::new(n));
+        }
+        c.init(backend, &[]);
+        c
+    }
+
     fn add_node(&mut self, spec: NodeSpec) -> &Node {
         let name = spec.name.clone();
         let n = self.fabric.add(spec);
@@ -216,11 +226,7 @@ fn host_gw_on_one_l2_pods_reach_pods_with_their_own_ip() {
     require_root();
     let _serial = leaks::serial();
     let before = Before::take();
-    let mut c = Cluster::new(Fabric::l2("10.99.0.0/24"));
-    for n in ["a", "b", "c"] {
-        c.add_node(NodeSpec::new(n));
-    }
-    c.init("host-gw", &[]);
+    let mut c = Cluster::of(Fabric::l2("10.99.0.0/24"), &["a", "b", "c"], "host-gw");
     for n in ["a", "b", "c"] {
         c.start(n);
     }
@@ -353,11 +359,7 @@ fn nodes_leave_die_join_and_restart_without_a_lost_ping() {
     require_root();
     let _serial = leaks::serial();
     let before = Before::take();
-    let mut c = Cluster::new(Fabric::l2("10.99.0.0/24"));
-    for n in ["a", "b", "c", "d"] {
-        c.add_node(NodeSpec::new(n));
-    }
-    c.init("vxlan", &[]);
+    let mut c = Cluster::of(Fabric::l2("10.99.0.0/24"), &["a", "b", "c", "d"], "vxlan");
     for n in ["a", "b", "c"] {
         c.start(n);
     }
@@ -426,11 +428,7 @@ fn etcd_down_longer_than_the_ttl_stops_no_traffic_and_agents_recover() {
     require_root();
     let _serial = leaks::serial();
     let before = Before::take();
-    let mut c = Cluster::new(Fabric::l2("10.99.0.0/24"));
-    for n in ["a", "b"] {
-        c.add_node(NodeSpec::new(n));
-    }
-    c.init("host-gw", &[]);
+    let mut c = Cluster::of(Fabric::l2("10.99.0.0/24"), &["a", "b"], "host-gw");
     for n in ["a", "b"] {
         c.start(n);
     }
@@ -586,11 +584,7 @@ fn a_starting_agent_removes_only_its_own_stale_entries_and_never_overwrites_othe
     require_root();
     let _serial = leaks::serial();
     let before = Before::take();
-    let mut c = Cluster::new(Fabric::l2("10.99.0.0/24"));
-    for n in ["a", "b"] {
-        c.add_node(NodeSpec::new(n));
-    }
-    c.init("host-gw", &[]);
+    let mut c = Cluster::of(Fabric::l2("10.99.0.0/24"), &["a", "b"], "host-gw");
     // b holds a fixed subnet; a already has a route to it that podnet did not make, a stale
     // podnet route to a node long gone, and a route of someone else's.
     c.agents.insert("b".into(), Agent::new(c.node("b").ns(), &c.config("b", Some("10.244.9.0/24"))));
