@@ -148,7 +148,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::Other(format!("{} names no file", path.display())))?;
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = (|| -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
@@ -158,8 +161,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         std::fs::File::open(dir)?.sync_all()
     })();
     if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(format!("write {}", path.display()), e));
+        // The temporary file is not left behind silently: its removal's failure is said too.
+        let what = match std::fs::remove_file(&tmp) {
+            Ok(()) => format!("write {}", path.display()),
+            Err(r) if r.kind() == std::io::ErrorKind::NotFound => format!("write {}", path.display()),
+            Err(r) => format!("write {} (and remove {}: {r})", path.display(), tmp.display()),
+        };
+        return Err(Error::io(what, e));
     }
     Ok(())
 }

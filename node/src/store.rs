@@ -64,8 +64,13 @@ impl Store {
             Some(cur) => Err(Error::config(
                 key,
                 format!(
-                    "already holds other settings ({}); they are written once",
-                    serde_json::to_string(&cur).unwrap_or_default()
+                    "already holds other settings (clusterCIDR {}, subnetLen {}, backend {}, vni {}, port {}); \
+                     they are written once",
+                    cur.cluster_cidr,
+                    cur.subnet_len,
+                    cur.backend.as_str(),
+                    cur.vni,
+                    cur.port
                 ),
             )),
             None => Err(Error::Datastore(format!("{key} vanished while it was being written; try again"))),
