@@ -38,6 +38,11 @@
 //! (CRI, best effort), then containerd's harness deletes what is left and kills leftover
 //! shims, leftover pod network namespaces are deleted, and the node namespace goes with its
 //! bridges, veths and rules.
+//!
+//! A node can also run in an existing namespace ([`CriNodeOptions::netns`], e.g. a node of a
+//! [`crate::cluster::Fabric`]), which it then leaves in place, with the podnet conflist in
+//! cluster mode ([`CriNodeOptions::node_facts`]); several such nodes in one test leave the
+//! leak check to the test ([`CriNodeOptions::caller_checks_leaks`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -615,6 +620,17 @@ pub struct CriNodeOptions {
     pub podnet_patch: Vec<(String, serde_json::Value)>,
     /// The containerd to run (its binaries, checked to be that version); None: `bin_dir`.
     pub flavour: Option<Flavour>,
+    /// Run in this existing network namespace (e.g. a cluster node's) instead of one of the
+    /// node's own; it is opened, not owned: the node never deletes it. Links it has when the
+    /// node is made (an uplink) are not counted as left behind.
+    pub netns: Option<PathBuf>,
+    /// The podnet conflist in cluster mode: its ipam names no range, only this node facts file
+    /// (`ipam.nodeFacts`, absolute; the node agent writes it) and the node's IPAM data dir.
+    pub node_facts: Option<PathBuf>,
+    /// The caller holds [`leaks::serial`] and checks for leaks itself (several nodes in one
+    /// test): the node takes neither the lock nor a snapshot, and [`CriNode::finish`] runs no
+    /// leak check.
+    pub caller_checks_leaks: bool,
 }
 
 impl CriNodeOptions {
@@ -649,6 +665,22 @@ impl CriNodeOptions {
         self.extra_config.push('\n');
         self
     }
+    /// Runs containerd in the existing namespace at `path` (see [`CriNodeOptions::netns`]).
+    pub fn netns(mut self, path: &Path) -> Self {
+        self.netns = Some(path.to_path_buf());
+        self
+    }
+    /// The podnet conflist takes its range from the node facts at `path` (see
+    /// [`CriNodeOptions::node_facts`]).
+    pub fn node_facts(mut self, path: &Path) -> Self {
+        self.node_facts = Some(path.to_path_buf());
+        self
+    }
+    /// See [`CriNodeOptions::caller_checks_leaks`].
+    pub fn caller_checks_leaks(mut self) -> Self {
+        self.caller_checks_leaks = true;
+        self
+    }
 }
 
 /// See the module documentation.
@@ -664,8 +696,11 @@ pub struct CriNode {
     pub marker: String,
     /// Network namespace paths of pods seen (for the cleanup).
     netns_seen: Mutex<BTreeSet<PathBuf>>,
+    /// The links the node namespace had before containerd started (an existing namespace's).
+    links_before: BTreeSet<String>,
+    /// None when the caller checks for leaks ([`CriNodeOptions::caller_checks_leaks`]).
     before: Option<Snapshot>,
-    _serial: MutexGuard<'static, ()>,
+    _serial: Option<MutexGuard<'static, ()>>,
 }
 
 impl CriNode {
@@ -681,12 +716,16 @@ impl CriNode {
 
     pub fn with(prefix: &str, opts: CriNodeOptions) -> CriNode {
         crate::require_root();
-        let serial = leaks::serial();
+        assert!(
+            !(opts.dual_stack && opts.node_facts.is_some()),
+            "CriNodeOptions: the node facts give one IPv4 range; dual_stack does not go with node_facts"
+        );
+        let serial = (!opts.caller_checks_leaks).then(leaks::serial);
         // Built before the snapshot: the shared rootfs and cached archives stay on purpose.
         busybox_archive();
         pause_archive();
         let marker = unique("pncri");
-        let before = Snapshot::take(&marker);
+        let before = (!opts.caller_checks_leaks).then(|| Snapshot::take(&marker));
         let dir = TempDir(PathBuf::from("/tmp").join(unique(&format!("pnk{}", &prefix[..prefix.len().min(4)]))));
         fs::create_dir_all(&dir.0).expect("create node dir");
         fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o711)).expect("chmod node dir");
@@ -704,7 +743,8 @@ impl CriNode {
             opts,
             marker,
             netns_seen: Mutex::new(BTreeSet::new()),
-            before: Some(before),
+            links_before: BTreeSet::new(),
+            before,
             _serial: serial,
         };
         me.write_cni();
@@ -718,7 +758,11 @@ impl CriNode {
             ),
         )
         .expect("write podnet config");
-        me.node = Some(Ns::new("pk"));
+        me.node = Some(match &me.opts.netns {
+            Some(p) => Ns::open(p),
+            None => Ns::new("pk"),
+        });
+        me.links_before = me.links().into_iter().collect();
 
         let mut copts =
             ContainerdOptions::podnet().namespace(K8S_NAMESPACE).env("PODNET_CONFIG", me.podnet_config_path());
@@ -824,6 +868,10 @@ impl CriNode {
         if self.opts.dual_stack {
             ranges.push(json!([{"subnet": PODNET_SUBNET6}]));
         }
+        let ipam = match &self.opts.node_facts {
+            Some(facts) => json!({"type": "host-local", "dataDir": self.podnet_ipam_dir(), "nodeFacts": facts}),
+            None => json!({"type": "host-local", "dataDir": self.podnet_ipam_dir(), "ranges": ranges}),
+        };
         let mut v = json!({
             "cniVersion": if self.v1 { "1.0.0" } else { "1.1.0" },
             "name": PODNET_NET,
@@ -835,7 +883,7 @@ impl CriNode {
                 "ipMasq": true,
                 "hairpinMode": true,
                 "stateDir": self.podnet_state_dir(),
-                "ipam": {"type": "host-local", "dataDir": self.podnet_ipam_dir(), "ranges": ranges},
+                "ipam": ipam,
                 "capabilities": {"portMappings": true},
                 "containerd": {
                     "address": address,
@@ -1017,14 +1065,18 @@ impl CriNode {
         reservations(&self.runc_ipam_dir(), RUNC_NET)
     }
 
-    /// veth links in the node namespace (either bridge's ports, or strays).
+    /// veth links in the node namespace (either bridge's ports, or strays), but those it had
+    /// before containerd started (an existing namespace's uplink).
     pub fn veths(&self) -> Vec<String> {
-        self.node()
-            .sh("ip -o link show type veth")
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        link_names_of(&self.node().sh("ip -o link show type veth"))
+            .into_iter()
+            .filter(|n| !self.links_before.contains(n))
             .collect()
+    }
+
+    /// Every link in the node namespace.
+    fn links(&self) -> Vec<String> {
+        link_names_of(&self.node().sh("ip -o link show"))
     }
 
     /// iptables/ip6tables rules in the node namespace that belong to one pod: the reference
@@ -1153,7 +1205,8 @@ impl CriNode {
 
     /// Stops and removes every pod through CRI (which must succeed), asserts
     /// [`CriNode::assert_clean`], stops containerd (its cleanup must find nothing to force)
-    /// and asserts that nothing leaked since the node was made.
+    /// and asserts that nothing leaked since the node was made (unless
+    /// [`CriNodeOptions::caller_checks_leaks`]: then that is the caller's).
     pub fn finish(mut self) {
         let errors = self.remove_all_pods();
         assert_eq!(errors, Vec::<String>::new(), "removing the pods through CRI failed\n{}", self.c().log_tail(60));
@@ -1163,8 +1216,9 @@ impl CriNode {
         let problems = c.shutdown();
         assert_eq!(problems, Vec::<String>::new(), "containerd's cleanup was not clean");
         self.release();
-        let before = self.before.take().expect("snapshot");
-        leaks::assert_no_leaks(&before, &self.marker);
+        if let Some(before) = self.before.take() {
+            leaks::assert_no_leaks(&before, &self.marker);
+        }
     }
 
     /// Everything but containerd (already gone): leftover pod netns, shim sockets, the node,
@@ -1215,6 +1269,11 @@ impl Drop for CriNode {
         }
         self.release();
     }
+}
+
+/// The link names of `ip -o link show` output, without the `@peer` suffix.
+fn link_names_of(out: &str) -> Vec<String> {
+    out.lines().filter_map(|l| l.split(": ").nth(1)).map(|n| n.split('@').next().unwrap_or(n).to_string()).collect()
 }
 
 /// The plugins disabled with CRI on: the harness's defaults minus CRI and its sandbox machinery

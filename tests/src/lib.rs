@@ -58,10 +58,13 @@ impl Drop for TempDir {
     }
 }
 
-/// A network namespace created for a test, deleted on drop.
+/// A network namespace created for a test, deleted on drop; or one opened by [`Ns::open`],
+/// which is left alone.
 pub struct Ns {
     pub ns: NetNs,
     pub path: PathBuf,
+    /// Whether dropping it deletes the namespace (made by [`Ns::new`]).
+    owned: bool,
 }
 
 impl Ns {
@@ -70,9 +73,16 @@ impl Ns {
         let name = unique(prefix);
         let ns = NetNs::create(&name, None).expect("create test namespace");
         let path = ns.path().to_path_buf();
-        let me = Ns { ns, path };
+        let me = Ns { ns, path, owned: true };
         me.sh("ip link set lo up");
         me
+    }
+
+    /// An existing namespace (e.g. a cluster node's, `/var/run/netns/<name>`), opened without
+    /// owning it: dropping the `Ns` closes its descriptor and does not delete the namespace.
+    pub fn open(path: &Path) -> Ns {
+        let ns = NetNs::open(path).unwrap_or_else(|e| panic!("opening network namespace {}: {e}", path.display()));
+        Ns { ns, path: path.to_path_buf(), owned: false }
     }
 
     /// Runs a command line (through sh) inside the namespace; returns its output.
@@ -118,7 +128,9 @@ impl Ns {
 
 impl Drop for Ns {
     fn drop(&mut self) {
-        let _ = podnet_netns::delete(&self.path);
+        if self.owned {
+            let _ = podnet_netns::delete(&self.path);
+        }
     }
 }
 
