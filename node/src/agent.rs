@@ -88,6 +88,9 @@ impl Backoff {
     }
 }
 
+/// Every this many ticks (TTL/3 each) the agent lists the peers again, whatever the watch said.
+const RESYNC_TICKS: u32 = 30;
+
 /// How a loop iteration ended.
 enum Outcome {
     /// SIGTERM or SIGINT: leave everything as it is.
@@ -128,6 +131,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         vxlan_device: None,
         datastore: Datastore { state: "connecting".into(), error: None, since: now_unix(), retry_in_ms: None },
         peers: Vec::new(),
+        lease_error: None,
         reconcile_error: None,
         updated: 0,
     };
@@ -138,7 +142,12 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     // configuration error; a node that held a lease keeps its routes and waits for etcd.
     let mut backoff = Backoff::new(cfg.ttl);
     let (mut store, settings) = loop {
-        match first_contact(&cfg).await {
+        let contact = tokio::select! {
+            r = first_contact(&cfg) => r,
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        };
+        match contact {
             Ok(x) => break x,
             Err(e) if local.is_none() && e.is_unreachable() => {
                 return Err(Error::config(
@@ -166,7 +175,11 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         node_ip: cfg.node_ip,
         vtep_mac: settings.backend.uses_vxlan().then(|| format_mac(crate::lease::vtep_mac(&cfg.name, settings.vni))),
     };
-    let (lease, subnet) = take_lease(&mut store, &cfg, &settings, local.as_ref(), &rec).await?;
+    let (lease, subnet) = tokio::select! {
+        r = take_lease(&mut store, &cfg, &settings, local.as_ref(), &rec) => r?,
+        _ = term.recv() => return Ok(()),
+        _ = int.recv() => return Ok(()),
+    };
     log!("holds {subnet} (lease {lease:x}, TTL {}s), backend {}", cfg.ttl.as_secs(), settings.backend.as_str());
 
     let mut agent = Agent {
@@ -184,6 +197,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     };
     agent.setup_node()?;
     agent.status.datastore = connected();
+    agent.save_status();
     agent.main_loop(store).await
 }
 
@@ -209,8 +223,12 @@ async fn take_lease(
     rec: &SubnetRecord,
 ) -> Result<(i64, Ipv4Net)> {
     if let Some(l) = local {
-        let keep = cfg.subnet.is_none_or(|f| f == l.subnet) && s.cluster_cidr.contains(&l.subnet);
+        let keep = cfg.subnet.is_none_or(|f| f == l.subnet)
+            && s.cluster_cidr.contains(&l.subnet)
+            && l.subnet.prefix_len() == s.subnet_len;
         if keep && store.ttl(l.lease_id).await?.is_some() && store.refresh(l.subnet, rec, l.lease_id).await? {
+            // Renewed at once: the lease may have had only a moment left.
+            store.keep_alive(l.lease_id, cfg.ttl).await?;
             log!("took back lease {:x} for {}", l.lease_id, l.subnet);
             return Ok((l.lease_id, l.subnet));
         }
@@ -220,17 +238,22 @@ async fn take_lease(
     }
     let lease = store.grant(cfg.ttl).await?;
     let want = cfg.subnet.or(local.map(|l| l.subnet));
-    let subnet = match store.claim(want, cfg.subnet.is_some(), s, rec, lease).await {
-        Ok(n) => n,
+    let claimed = match store.claim(want, cfg.subnet.is_some(), s, rec, lease).await {
+        Ok(n) => {
+            LocalLease { subnet: n, lease_id: lease, prefix: cfg.prefix.clone() }.save(&cfg.lease_path()).map(|()| n)
+        }
+        Err(e) => Err(e),
+    };
+    match claimed {
+        Ok(subnet) => Ok((lease, subnet)),
         Err(e) => {
+            // Nothing keeps a lease this node will not use: its keys go with it.
             if let Err(r) = store.revoke(lease).await {
                 log!("could not revoke the unused lease {lease:x}: {r}");
             }
-            return Err(e);
+            Err(e)
         }
-    };
-    LocalLease { subnet, lease_id: lease, prefix: cfg.prefix.clone() }.save(&cfg.lease_path())?;
-    Ok((lease, subnet))
+    }
 }
 
 fn connected() -> Datastore {
@@ -274,13 +297,24 @@ impl Agent {
 
     async fn main_loop(&mut self, mut store: Store) -> Result<()> {
         let mut backoff = Backoff::new(self.cfg.ttl);
+        let mut last_resync = None;
         loop {
             match self.follow(&mut store).await {
                 Outcome::Stop => {
                     log!("stopping; routes, VXLAN entries and the lease stay (the lease runs out after its TTL)");
                     return Ok(());
                 }
-                Outcome::Resync => continue,
+                Outcome::Resync => {
+                    // A watch cancelled again right away (e.g. refused) must not spin.
+                    if last_resync.is_some_and(|t: std::time::Instant| t.elapsed() < Duration::from_secs(1)) {
+                        let wait = backoff.next();
+                        log!("the watch was cancelled again; listing again in {}ms", wait.as_millis());
+                        if wait_or_signal(wait, &mut self.term, &mut self.int).await {
+                            return Ok(());
+                        }
+                    }
+                    last_resync = Some(std::time::Instant::now());
+                }
                 Outcome::Outage(mut e) => {
                     // Reconnect until etcd answers; the kernel stays as it is meanwhile.
                     loop {
@@ -314,25 +348,65 @@ impl Agent {
         Ok(store)
     }
 
-    /// Keeps the lease alive; a lease that ran out (etcd lost it, or this node was cut off for
-    /// longer than the TTL) is taken again, the same subnet if it is still free.
+    /// Keeps the lease alive. A lease that ran out (etcd lost it, or this node was cut off for
+    /// longer than the TTL) is taken again for the same subnet: this node's pods have their
+    /// addresses from it, so the node never moves to another one while it runs. If another
+    /// node took the subnet meanwhile, that is said in the status and log and tried again at
+    /// every tick.
     async fn keep_alive(&mut self, store: &mut Store) -> Result<()> {
-        if let Some(ttl) = store.keep_alive(self.lease).await? {
+        if let Some(ttl) = store.keep_alive(self.lease, self.cfg.ttl).await? {
             self.status.lease_ttl = Some((ttl, now_unix()));
             return Ok(());
         }
-        log!("lease {:x} for {} ran out; taking a lease again", self.lease, self.subnet);
+        let lease = store.grant(self.cfg.ttl).await?;
         let rec = self.record();
-        let local = LocalLease { subnet: self.subnet, lease_id: self.lease, prefix: self.cfg.prefix.clone() };
-        let (lease, subnet) = take_lease(store, &self.cfg, &self.settings, Some(&local), &rec).await?;
-        self.lease = lease;
-        if subnet != self.subnet {
-            log!("{} was taken by another node meanwhile; this node now holds {subnet}", self.subnet);
-            self.subnet = subnet;
-            self.setup_node()?;
+        let taken = store.try_claim(self.subnet, &rec, lease).await.and_then(|ok| {
+            if ok {
+                LocalLease { subnet: self.subnet, lease_id: lease, prefix: self.cfg.prefix.clone() }
+                    .save(&self.cfg.lease_path())
+                    .map(|()| true)
+            } else {
+                Ok(false)
+            }
+        });
+        match taken {
+            Ok(true) => {
+                log!("lease {:x} for {} ran out; holding it again under lease {lease:x}", self.lease, self.subnet);
+                self.lease = lease;
+                self.status.lease_id = Some(lease);
+                self.status.lease_ttl = Some((self.cfg.ttl.as_secs() as i64, now_unix()));
+                self.status.lease_error = None;
+                Ok(())
+            }
+            other => {
+                if let Err(r) = store.revoke(lease).await {
+                    log!("could not revoke the unused lease {lease:x}: {r}");
+                }
+                let holder =
+                    self.peers.get(&self.subnet).map_or("another node".to_string(), |r| format!("node {:?}", r.node));
+                let msg = format!(
+                    "lease {:x} for {} ran out and {holder} holds the subnet now: this node's pods are unreachable \
+                     from the others; drain the node and restart its agent",
+                    self.lease, self.subnet
+                );
+                if self.status.lease_error.as_deref() != Some(msg.as_str()) {
+                    log!("{msg}");
+                }
+                self.status.lease_error = Some(msg);
+                other.map(drop)
+            }
         }
-        self.status.lease_id = Some(lease);
-        self.status.lease_ttl = Some((self.cfg.ttl.as_secs() as i64, now_unix()));
+    }
+
+    /// Makes the VXLAN device again if it is gone or was replaced (its index changed).
+    fn check_vxlan(&mut self) -> Result<()> {
+        let Some((index, _)) = self.vxlan else { return Ok(()) };
+        let name = self.settings.vxlan_device();
+        if self.dp.link(&name)?.is_some_and(|l| l.index == index) {
+            return Ok(());
+        }
+        log!("{name} is gone or was replaced; making it again");
+        self.vxlan = Some(self.dp.ensure_vxlan(&self.settings, &self.cfg.name, self.subnet)?);
         Ok(())
     }
 
@@ -364,6 +438,7 @@ impl Agent {
             Err(e) => return Outcome::Outage(e),
         };
         let period = (self.cfg.ttl / 3).max(Duration::from_millis(500));
+        let mut ticks: u32 = 0;
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -403,22 +478,29 @@ impl Agent {
                         return Outcome::Outage(e);
                     }
                     // Our own record must still be there: it is the peers' only way to us.
-                    if !self.peers.contains_key(&self.subnet) {
+                    if self.status.lease_error.is_none() && !self.peers.contains_key(&self.subnet) {
                         match store.refresh(self.subnet, &self.record(), self.lease).await {
-                            Ok(_) => {}
+                            Ok(true) => log!("put this node's record for {} back", self.subnet),
+                            Ok(false) => log!("could not put this node's record for {} back: its keys are bound to another lease", self.subnet),
                             Err(e) => return Outcome::Outage(e),
                         }
                     }
+                    ticks += 1;
+                    // A safety net under the watch: list again now and then.
+                    if ticks.is_multiple_of(RESYNC_TICKS) {
+                        return Outcome::Resync;
+                    }
+                    // The kernel may have lost entries meanwhile (a link down, the VXLAN device
+                    // deleted): every tick reconciles, which is a few dumps when nothing changed.
+                    if let Err(e) = self.check_vxlan() {
+                        log!("{e}");
+                    }
+                    self.apply();
                     let now = now_unix();
                     for (s, t) in self.last_seen.iter_mut() {
                         if self.peers.contains_key(s) {
                             *t = now;
                         }
-                    }
-                    // A reconcile that failed (a foreign route in the way, a kernel error) is
-                    // tried again at every tick until it succeeds.
-                    if self.status.reconcile_error.is_some() {
-                        self.apply();
                     }
                     self.refresh_status();
                     self.save_status();

@@ -8,32 +8,40 @@ use crate::lease::LocalLease;
 use crate::status::{now_unix, InPlaceStatus, Status};
 use crate::store::Store;
 
+/// An unreachable etcd named as the setting that points at it (etcd-client connects lazily:
+/// the first request is what finds out).
+fn unreachable_as(key: &str, endpoints: &[String], e: Error) -> Error {
+    if e.is_unreachable() {
+        Error::config(key, format!("cannot reach etcd at {} ({e}); nothing was changed", endpoints.join(", ")))
+    } else {
+        e
+    }
+}
+
 /// `podnet cluster init`: writes the settings once; the same settings again are fine.
 pub async fn cluster_init(endpoints: &[String], prefix: &str, s: &ClusterSettings) -> Result<String> {
-    let mut store = Store::connect(endpoints, prefix).await.map_err(|e| {
-        Error::config("--etcd-endpoints", format!("cannot reach etcd at {} ({e})", endpoints.join(", ")))
-    })?;
+    let named = |e| unreachable_as("--etcd-endpoints", endpoints, e);
+    let mut store = Store::connect(endpoints, prefix).await.map_err(named)?;
     let json = serde_json::to_string(s).map_err(|e| Error::Other(e.to_string()))?;
-    Ok(if store.init_cluster(s).await? {
+    Ok(if store.init_cluster(s).await.map_err(named)? {
         format!("initialized {prefix}/cluster: {json}\n")
     } else {
         format!("{prefix}/cluster already holds these settings: {json}\n")
     })
 }
 
-/// Whether an agent holds the run directory's lock.
-fn agent_running(cfg: &NodeConfig) -> bool {
-    if !cfg.lock_path().exists() {
-        return false;
-    }
-    lock_run_dir(cfg).is_err()
+/// Whether the agent that wrote `s` still runs: its pid is alive and is a `podnet` process
+/// (no lock is taken, so a starting agent never finds the run directory busy because of us).
+fn agent_running(s: &Status) -> bool {
+    std::fs::read(format!("/proc/{}/cmdline", s.pid))
+        .is_ok_and(|c| c.split(|b| *b == 0).next().is_some_and(|argv0| argv0.ends_with(b"podnet")))
 }
 
 /// `podnet node status`: the agent's report, with what the kernel holds now and the lease's
 /// time left as etcd says (estimated from the last keep-alive when etcd is away).
 pub async fn status(cfg: &NodeConfig, json: bool) -> Result<String> {
     let mut s = Status::load(&cfg.status_path())?;
-    let alive = agent_running(cfg);
+    let alive = agent_running(&s);
     let mut dp = Dataplane::open(cfg.node_ip)?;
     let vxlan = match &s.vxlan_device {
         Some(name) => dp.link(name)?.map(|l| l.index),
@@ -82,10 +90,9 @@ pub async fn leave(cfg: &NodeConfig) -> Result<String> {
         Error::Other(format!("{e}: stop the agent (e.g. `systemctl stop podnet-node`) before `podnet node leave`"))
     })?;
     let local = LocalLease::load(&cfg.lease_path())?;
-    let mut store = Store::connect(&cfg.etcd_endpoints, &cfg.prefix).await.map_err(|e| {
-        Error::config("etcd_endpoints", format!("cannot reach etcd to release the lease ({e}); nothing was changed"))
-    })?;
-    let settings = store.cluster().await?;
+    let named = |e| unreachable_as("etcd_endpoints", &cfg.etcd_endpoints, e);
+    let mut store = Store::connect(&cfg.etcd_endpoints, &cfg.prefix).await.map_err(named)?;
+    let settings = store.cluster().await.map_err(named)?;
     let mut errs = Errors::new();
     let mut released = Vec::new();
     if let Some(l) = local.as_ref().filter(|l| l.prefix == cfg.prefix) {
@@ -103,10 +110,9 @@ pub async fn leave(cfg: &NodeConfig) -> Result<String> {
         Ok(None) => {}
         Err(e) => errs.add(e),
     }
-    match Dataplane::open(cfg.node_ip) {
-        Ok(mut dp) => errs.push(dp.remove_all(settings.as_ref().map(|s| s.vxlan_device()).as_deref())),
-        Err(e) => errs.add(e),
-    }
+    // The VXLAN device: the settings' one; without settings (or on host-gw), any of podnet's.
+    let vxlan = settings.as_ref().filter(|s| s.backend.uses_vxlan()).map(|s| s.vxlan_device());
+    errs.push(crate::dataplane::remove_all(vxlan.as_deref()));
     errs.push(crate::facts::remove(cfg));
     if errs.is_empty() {
         errs.push(LocalLease::remove(&cfg.lease_path()));

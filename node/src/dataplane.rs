@@ -56,8 +56,15 @@ fn v4(n: &IpNet) -> Option<Ipv4Net> {
     }
 }
 
+/// The main routing table, where the agent's routes go.
+const RT_TABLE_MAIN: u32 = 254;
+
 fn route_matches(r: &RouteInfo, w: &WantRoute) -> bool {
-    v4(&r.dst) == Some(w.dst) && r.gw == Some(IpAddr::V4(w.gw)) && r.oif == w.oif && r.onlink == w.onlink
+    r.table == RT_TABLE_MAIN
+        && v4(&r.dst) == Some(w.dst)
+        && r.gw == Some(IpAddr::V4(w.gw))
+        && r.oif == w.oif
+        && r.onlink == w.onlink
 }
 
 impl Dataplane {
@@ -78,9 +85,14 @@ impl Dataplane {
         let want_mtu = s.pod_mtu(self.underlay.mtu);
         let mut link = self.link(&name)?;
         if let Some(l) = &link {
+            if l.kind.as_deref() != Some("vxlan") {
+                return Err(Error::Other(format!(
+                    "a link named {name} exists and is not a VXLAN device ({}): podnet will not replace it",
+                    l.kind.as_deref().unwrap_or("unknown kind")
+                )));
+            }
             let v = l.vxlan.clone().unwrap_or_default();
-            let same = l.kind.as_deref() == Some("vxlan")
-                && v.vni == Some(s.vni)
+            let same = v.vni == Some(s.vni)
                 && v.local == Some(IpAddr::V4(self.underlay_ip()))
                 && v.port == Some(s.port)
                 && v.learning == Some(false)
@@ -150,8 +162,8 @@ impl Dataplane {
             if have.iter().any(|r| route_matches(r, w)) {
                 continue;
             }
-            // Replace only a route of ours to the same destination; anyone else's stays.
-            let ours = have.iter().any(|r| v4(&r.dst) == Some(w.dst));
+            // A route of ours that differed was deleted above: this one is added, never a
+            // replace, so anyone else's route to the destination stays (EEXIST says so).
             let spec = RouteSpec {
                 dst: IpNet::V4(w.dst),
                 gw: Some(IpAddr::V4(w.gw)),
@@ -162,7 +174,7 @@ impl Dataplane {
                 table: None,
                 scope: None,
             };
-            let opts = RouteOpts { protocol: RTPROT_PODNET, onlink: w.onlink, replace: ours };
+            let opts = RouteOpts { protocol: RTPROT_PODNET, onlink: w.onlink, replace: false };
             errs.push(self.rtnl.add_route_with(&spec, &opts).map_err(|e| {
                 let what = if e.is(libc::EEXIST) {
                     format!("add route {} via {}: a route to it not made by podnet is in the way", w.dst, w.gw)
@@ -258,31 +270,57 @@ impl Dataplane {
             })
             .collect())
     }
+}
 
-    /// Removes every route of podnet's and the VXLAN device `name` (with its neighbours and
-    /// FDB), keeping going past failures.
-    pub fn remove_all(&mut self, vxlan_name: Option<&str>) -> Result<()> {
-        let mut errs = Errors::new();
-        match self.podnet_routes() {
-            Ok(routes) => {
-                for r in &routes {
-                    errs.push(
-                        self.rtnl
-                            .del_route(r)
-                            .map(drop)
-                            .map_err(|e| Error::nl(format!("remove route to {}", r.dst), e)),
-                    );
-                }
+/// Removes every route of podnet's and the VXLAN device `name` (with its neighbours and FDB),
+/// or with no name every VXLAN device named `podnet.<vni>`, in this namespace, keeping going
+/// past failures. Needs no underlay: a node whose uplink is already gone can still be cleaned.
+/// A link of that name that is not a VXLAN device stays.
+pub fn remove_all(vxlan_name: Option<&str>) -> Result<()> {
+    let mut rtnl = Rtnl::new().map_err(|e| Error::nl("open rtnetlink", e))?;
+    let mut errs = Errors::new();
+    match rtnl.routes_by_protocol(AF_INET, RTPROT_PODNET) {
+        Ok(routes) => {
+            for r in &routes {
+                errs.push(rtnl.del_route(r).map(drop).map_err(|e| Error::nl(format!("remove route to {}", r.dst), e)));
             }
-            Err(e) => errs.add(e),
         }
-        if let Some(name) = vxlan_name {
-            errs.push(
-                self.rtnl.delete_link_by_name(name).map(drop).map_err(|e| Error::nl(format!("delete {name}"), e)),
-            );
-        }
-        errs.into_result()
+        Err(e) => errs.add(Error::nl("list podnet's routes", e)),
     }
+    let names: Vec<String> = match vxlan_name {
+        Some(n) => vec![n.to_string()],
+        None => match rtnl.links() {
+            Ok(links) => links
+                .into_iter()
+                .filter(|l| {
+                    l.kind.as_deref() == Some("vxlan")
+                        && l.name
+                            .strip_prefix("podnet.")
+                            .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .map(|l| l.name)
+                .collect(),
+            Err(e) => {
+                errs.add(Error::nl("list links", e));
+                Vec::new()
+            }
+        },
+    };
+    for name in &names {
+        let name = name.as_str();
+        match rtnl.link_by_name(name) {
+            Ok(Some(l)) if l.kind.as_deref() == Some("vxlan") => {
+                errs.push(rtnl.delete_link_by_name(name).map(drop).map_err(|e| Error::nl(format!("delete {name}"), e)))
+            }
+            Ok(Some(l)) => errs.add(Error::Other(format!(
+                "{name} is not a VXLAN device ({}): left alone",
+                l.kind.as_deref().unwrap_or("unknown kind")
+            ))),
+            Ok(None) => {}
+            Err(e) => errs.add(Error::nl(format!("look up {name}"), e)),
+        }
+    }
+    errs.into_result()
 }
 
 fn find_underlay(rtnl: &mut Rtnl, node_ip: Ipv4Addr) -> Result<Underlay> {

@@ -94,6 +94,9 @@ pub struct Status {
     pub vxlan_device: Option<String>,
     pub datastore: Datastore,
     pub peers: Vec<PeerStatus>,
+    /// Why this node does not hold its subnet's lease (it ran out and another node took it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_error: Option<String>,
     /// Why the last reconcile was incomplete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconcile_error: Option<String>,
@@ -190,6 +193,9 @@ pub fn table(s: &Status, lease_left: &str, alive: bool) -> String {
         ds.retry_in_ms.map_or(String::new(), |r| format!(", retrying every {r} ms")),
         ds.error.as_ref().map_or(String::new(), |e| format!(": {e}"))
     ));
+    if let Some(e) = &s.lease_error {
+        out.push_str(&format!("lease      LOST: {e}\n"));
+    }
     if let Some(e) = &s.reconcile_error {
         out.push_str(&format!("reconcile  INCOMPLETE: {e}\n"));
     }
@@ -269,6 +275,7 @@ mod tests {
             vxlan_device: Some("podnet.1".into()),
             datastore: Datastore { state: "connected".into(), error: None, since: now_unix(), retry_in_ms: None },
             peers: vec![p],
+            lease_error: None,
             reconcile_error: None,
             updated: 0,
         };

@@ -38,7 +38,10 @@ impl Store {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // A member cut off from the others refuses requests (and watches) instead of
+            // answering from its stale view.
+            .with_require_leader(true);
         let client = Client::connect(endpoints, Some(opts))
             .await
             .map_err(|e| Error::etcd(format!("connect to {}", endpoints.join(",")), e))?;
@@ -157,18 +160,17 @@ impl Store {
         Ok((resp.ttl() > 0).then_some(resp.ttl()))
     }
 
-    /// One keep-alive round trip; None when the lease is gone.
-    pub async fn keep_alive(&mut self, lease: i64) -> Result<Option<i64>> {
+    /// One keep-alive round trip, bounded by [`REQUEST_TIMEOUT`]: Some(TTL) when the lease was
+    /// renewed (to its full TTL), None when the lease is gone.
+    pub async fn keep_alive(&mut self, lease: i64, ttl: Duration) -> Result<Option<i64>> {
         // etcd-client's keep_alive makes the first round trip itself and reports a lease the
-        // server no longer has (TTL <= 0) as this error.
-        let (mut keeper, mut stream) = match self.client.lease_keep_alive(lease).await {
-            Ok(x) => x,
-            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => return Ok(None),
-            Err(e) => return Err(Error::etcd(format!("keep lease {lease:x} alive"), e)),
-        };
-        keeper.keep_alive().await.map_err(|e| Error::etcd(format!("keep lease {lease:x} alive"), e))?;
-        let resp = stream.message().await.map_err(|e| Error::etcd(format!("keep lease {lease:x} alive"), e))?;
-        Ok(resp.and_then(|r| (r.ttl() > 0).then_some(r.ttl())))
+        // server no longer has (TTL <= 0) as this error; the renewed TTL is the granted one.
+        let what = || format!("keep lease {lease:x} alive");
+        match bounded(&what(), self.client.lease_keep_alive(lease)).await? {
+            Ok(_) => Ok(Some(ttl.as_secs() as i64)),
+            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => Ok(None),
+            Err(e) => Err(Error::etcd(what(), e)),
+        }
     }
 
     pub async fn revoke(&mut self, lease: i64) -> Result<()> {
@@ -182,31 +184,39 @@ impl Store {
 
     /// Creates `subnet`'s record and this node's name key under `lease`, unless either exists.
     pub async fn try_claim(&mut self, subnet: Ipv4Net, rec: &SubnetRecord, lease: i64) -> Result<bool> {
-        self.put_both(subnet, rec, lease, |k| Compare::create_revision(k, CompareOp::Equal, 0), "claim").await
+        self.put_both(subnet, rec, lease, [Cond::Free, Cond::Free], "claim").await
     }
 
-    /// Rewrites this node's record under the lease it holds (its node IP or VTEP MAC changed),
-    /// only if both keys are still bound to that lease.
+    /// Rewrites this node's record under the lease it holds (its node IP or VTEP MAC changed,
+    /// or the record was deleted by hand or lost in a restore): when both keys are bound to
+    /// that lease, or the subnet key is missing and the name key is bound to it.
     pub async fn refresh(&mut self, subnet: Ipv4Net, rec: &SubnetRecord, lease: i64) -> Result<bool> {
-        self.put_both(subnet, rec, lease, |k| Compare::lease(k, CompareOp::Equal, lease), "refresh").await
+        if self.put_both(subnet, rec, lease, [Cond::Bound, Cond::Bound], "refresh").await? {
+            return Ok(true);
+        }
+        self.put_both(subnet, rec, lease, [Cond::Free, Cond::Bound], "restore").await
     }
 
-    /// Puts the subnet record and the name key under `lease` in one transaction, if `cond`
-    /// holds for both keys.
+    /// Puts the subnet record and the name key under `lease` in one transaction, if `cond[0]`
+    /// holds for the subnet key and `cond[1]` for the name key.
     async fn put_both(
         &mut self,
         subnet: Ipv4Net,
         rec: &SubnetRecord,
         lease: i64,
-        cond: impl Fn(String) -> Compare,
+        cond: [Cond; 2],
         what: &str,
     ) -> Result<bool> {
+        let compare = |c: Cond, k: String| match c {
+            Cond::Free => Compare::create_revision(k, CompareOp::Equal, 0),
+            Cond::Bound => Compare::lease(k, CompareOp::Equal, lease),
+        };
         let sk = subnet_key(&self.prefix, subnet);
         let nk = node_key(&self.prefix, &rec.node);
         let value = serde_json::to_vec(rec).map_err(|e| Error::Other(format!("encode record: {e}")))?;
         let put = || Some(PutOptions::new().with_lease(lease));
         let txn = Txn::new()
-            .when([cond(sk.clone()), cond(nk.clone())])
+            .when([compare(cond[0], sk.clone()), compare(cond[1], nk.clone())])
             .and_then([TxnOp::put(sk.clone(), value, put()), TxnOp::put(nk, sk.clone(), put())]);
         let resp = self.client.txn(txn).await.map_err(|e| Error::etcd(format!("{what} {sk}"), e))?;
         Ok(resp.succeeded())
@@ -230,7 +240,19 @@ impl Store {
         lease: i64,
     ) -> Result<Ipv4Net> {
         if let Some(w) = want {
-            if self.try_claim(w, rec, lease).await? {
+            // The key names the exact subnet: one that merely overlaps another node's (a
+            // subnet remembered from before the cluster's subnet length changed) is refused here.
+            let (peers, _, _) = self.peers().await?;
+            let overlaps =
+                peers.iter().find(|(p, r)| **p != w && r.node != rec.node && (p.contains(&w) || w.contains(*p)));
+            if let Some((p, r)) = overlaps {
+                if fixed {
+                    return Err(Error::config("subnet", format!("{w} overlaps {p}, held by node {:?}", r.node)));
+                }
+            } else if w.prefix_len() == s.subnet_len
+                && s.cluster_cidr.contains(&w)
+                && self.try_claim(w, rec, lease).await?
+            {
                 return Ok(w);
             }
             if fixed {
@@ -279,4 +301,18 @@ impl Store {
         }
         Err(Error::Datastore("could not claim a subnet after 64 tries: too many nodes joining at once?".into()))
     }
+}
+
+/// What a key must be for [`Store::put_both`]: absent, or bound to the node's lease.
+#[derive(Clone, Copy)]
+enum Cond {
+    Free,
+    Bound,
+}
+
+/// `fut` with [`REQUEST_TIMEOUT`]: a stream-opening call tonic's own timeout does not cover.
+async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        .await
+        .map_err(|_| Error::Datastore(format!("{what}: no answer within {}s", REQUEST_TIMEOUT.as_secs())))
 }

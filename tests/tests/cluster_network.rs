@@ -389,7 +389,7 @@ fn nodes_leave_die_join_and_restart_without_a_lost_ping() {
     ag.stop();
     c.leave("c");
     for n in ["a", "b"] {
-        poll_until(&format!("{n} drops c"), Duration::from_secs(2), || {
+        poll_until(&format!("{n} drops c"), Duration::from_secs(10), || {
             let r = c.routes(n);
             (!r.contains(&sc)).then_some(()).ok_or(r)
         });
@@ -402,14 +402,17 @@ fn nodes_leave_die_join_and_restart_without_a_lost_ping() {
         let r = c.routes("a");
         (!r.contains(&sb)).then_some(()).ok_or(r)
     });
-    let fdb = c.node("a").ns().sh("bridge fdb show dev podnet.1");
-    assert!(!fdb.contains(&format!("dst {}", c.node("b").ip())), "a kept b's FDB entry: {fdb}");
+    // The same reconcile removes the route first, then the FDB entry.
+    poll_until("a drops b's FDB entry", Duration::from_secs(5), || {
+        let fdb = c.node("a").ns().sh("bridge fdb show dev podnet.1");
+        (!fdb.contains(&format!("dst {}", c.node("b").ip()))).then_some(()).ok_or(fdb)
+    });
 
     // d joins with a subnet of its own; a routes it.
     c.start("d");
     let sd = c.subnet("d");
     assert!(sd != c.subnet("a"), "d got a's subnet");
-    poll_until("a routes d", Duration::from_secs(3), || {
+    poll_until("a routes d", Duration::from_secs(10), || {
         let r = c.routes("a");
         r.contains(&sd).then_some(()).ok_or(r)
     });
@@ -419,6 +422,11 @@ fn nodes_leave_die_join_and_restart_without_a_lost_ping() {
     let st = c.status("a");
     let names: Vec<&str> = st["peers"].as_array().expect("peers").iter().filter_map(|p| p["name"].as_str()).collect();
     assert_eq!(names, vec![c.node("d").name()], "{st}");
+    // Someone deletes a's VXLAN device: the agent makes it again, with its entries.
+    c.node("a").ns().sh("ip link del podnet.1");
+    poll_until("a's pod -> d's pod again", Duration::from_secs(10), || {
+        pings(&c.pods[pa].ns, &d_ip).then_some(()).ok_or_else(|| c.agents["a"].log_tail(5))
+    });
     c.finish(before);
 }
 
@@ -466,6 +474,28 @@ fn etcd_down_longer_than_the_ttl_stops_no_traffic_and_agents_recover() {
     }
     assert_eq!(c.status("a")["leaseId"], lease_a, "etcd extends leases when it comes back: the same lease is kept");
     assert!(c.agents["a"].log().contains("datastore reachable again"), "{}", c.agents["a"].log_tail(10));
+    assert!(pings(a_ns, &b_ip));
+
+    // a's agent frozen past its TTL: its lease runs out and b drops its route; thawed, a holds
+    // the same subnet again under a new lease (its pods keep their addresses) and b routes it.
+    let sa = c.subnet("a");
+    let pid = c.agents["a"].pid().expect("a's pid");
+    // SAFETY: signals to the agent process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    poll_until("b drops the frozen a", Duration::from_secs(10), || {
+        let r = c.routes("b");
+        (!r.contains(&sa)).then_some(()).ok_or(r)
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    poll_until("b routes a again", Duration::from_secs(10), || {
+        let r = c.routes("b");
+        r.contains(&sa).then_some(()).ok_or(r)
+    });
+    assert_eq!(c.subnet("a"), sa);
+    let st = c.status("a");
+    assert_ne!(st["leaseId"], lease_a, "a new lease: {st}");
+    assert!(st.get("leaseError").is_none(), "{st}");
     assert!(pings(a_ns, &b_ip));
     c.finish(before);
 }
