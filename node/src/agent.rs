@@ -495,15 +495,14 @@ impl Agent {
                     if let Err(e) = self.check_vxlan() {
                         log!("{e}");
                     }
-                    self.apply();
+                    // While the watch is live, every peer it holds was seen just now.
                     let now = now_unix();
                     for (s, t) in self.last_seen.iter_mut() {
                         if self.peers.contains_key(s) {
                             *t = now;
                         }
                     }
-                    self.refresh_status();
-                    self.save_status();
+                    self.apply();
                 }
                 _ = self.term.recv() => return Outcome::Stop,
                 _ = self.int.recv() => return Outcome::Stop,
@@ -535,14 +534,6 @@ impl Agent {
             .map(|p| PeerStatus::from_plan(p, self.last_seen.get(&p.subnet).copied().unwrap_or(0)))
             .collect();
         self.save_status();
-    }
-
-    fn refresh_status(&mut self) {
-        for p in self.status.peers.iter_mut() {
-            if let Some(t) = self.last_seen.get(&p.subnet) {
-                p.last_seen = *t;
-            }
-        }
     }
 
     fn save_status(&mut self) {
