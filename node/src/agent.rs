@@ -378,7 +378,14 @@ impl Agent {
                 self.status.lease_error = None;
                 Ok(())
             }
-            other => {
+            Err(e) => {
+                // The datastore failed midway: the caller treats it as an outage.
+                if let Err(r) = store.revoke(lease).await {
+                    log!("could not revoke the unused lease {lease:x}: {r}");
+                }
+                Err(e)
+            }
+            Ok(false) => {
                 if let Err(r) = store.revoke(lease).await {
                     log!("could not revoke the unused lease {lease:x}: {r}");
                 }
@@ -393,7 +400,7 @@ impl Agent {
                     log!("{msg}");
                 }
                 self.status.lease_error = Some(msg);
-                other.map(drop)
+                Ok(())
             }
         }
     }
