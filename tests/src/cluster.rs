@@ -100,6 +100,23 @@ pub fn our_netns() -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// A cluster-mode podnet plugin config (what hack/demo-multinode writes, as libcni hands it
+/// over): network `name`, bridge `bridge`, no subnet, the node facts file `facts`, state and
+/// IPAM data under `dir` (`cni-state/`, `ipam/`).
+pub fn facts_conf(name: &str, bridge: &str, dir: &std::path::Path, facts: &std::path::Path) -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": name,
+        "type": "podnet",
+        "bridge": bridge,
+        "isGateway": true,
+        "isDefaultGateway": true,
+        "ipMasq": true,
+        "stateDir": dir.join("cni-state"),
+        "ipam": {"type": "host-local", "dataDir": dir.join("ipam"), "nodeFacts": facts}
+    })
+}
+
 /// Calls `f` until it returns `Ok`, for at most `timeout`, and returns the value; between
 /// calls it sleeps 10 ms, doubling up to 200 ms. `Err` carries what was observed instead:
 /// on timeout the panic names `what` and shows the last observation.

@@ -26,12 +26,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cni_bridge::NodeFacts;
-use podnet_tests::cluster::{podnet_ok, poll_until, write_node_config, Agent, Etcd, Fabric, Node, NodeConfig};
+use podnet_tests::cluster::{
+    facts_conf, podnet_ok, poll_until, write_node_config, Agent, Etcd, Fabric, Node, NodeConfig,
+};
 use podnet_tests::cri::{container_config, node_output, pause_archive, CriClient, CriNode, CriNodeOptions, Flavour};
 use podnet_tests::cri::{HANDLER_PODNET, PODNET_BRIDGE};
 use podnet_tests::leaks::{self, Snapshot};
 use podnet_tests::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const PREFIX: &str = "/podnet-svc";
@@ -475,18 +477,7 @@ struct Pod {
 
 /// The podnet conflist of node `i` in cluster mode (as hack/demo-multinode writes it).
 fn plugin_conf(cl: &Cluster, i: usize) -> Value {
-    let d = cl.scratch.path().join(cl.node(i).name());
-    json!({
-        "cniVersion": "1.1.0",
-        "name": NET,
-        "type": "podnet",
-        "bridge": BRIDGE,
-        "isGateway": true,
-        "isDefaultGateway": true,
-        "ipMasq": true,
-        "stateDir": d.join("cni-state"),
-        "ipam": {"type": "host-local", "dataDir": d.join("ipam"), "nodeFacts": cl.facts_path(i)}
-    })
+    facts_conf(NET, BRIDGE, &cl.scratch.path().join(cl.node(i).name()), &cl.facts_path(i))
 }
 
 /// ADD of a pod on node `i` through the exec'd plugin, with a peer server on [`PORT`] when

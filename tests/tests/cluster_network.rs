@@ -17,10 +17,11 @@ use std::thread;
 use std::time::Duration;
 
 use podnet_tests::cluster::{
-    podnet, podnet_ok, poll_until, write_node_config, Agent, Before, Etcd, Fabric, Node, NodeConfig, NodeSpec,
+    facts_conf, podnet, podnet_ok, poll_until, write_node_config, Agent, Before, Etcd, Fabric, Node, NodeConfig,
+    NodeSpec,
 };
 use podnet_tests::{leaks, pings, require_root, unique, Background, Invocation, Ns, TempDir};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const CLUSTER: &str = "10.244.0.0/16";
 
@@ -127,13 +128,7 @@ impl Cluster {
     }
 
     fn conf(&self, node: &str) -> Value {
-        let d = self.scratch.path().join(node);
-        json!({
-            "cniVersion": "1.1.0", "name": "podnet", "type": "podnet", "bridge": "podnet0",
-            "isGateway": true, "isDefaultGateway": true, "ipMasq": true,
-            "stateDir": d.join("cni-state"),
-            "ipam": {"type": "host-local", "dataDir": d.join("ipam"), "nodeFacts": self.facts_path(node)}
-        })
+        facts_conf("podnet", "podnet0", &self.scratch.path().join(node), &self.facts_path(node))
     }
 
     /// A pod on `node` through the CNI plugin; returns its index in `pods`.

@@ -63,20 +63,7 @@ impl Node {
     /// The cluster conflist's `podnet` plugin as libcni hands it over: no subnet, the facts
     /// file named; `extra` keys set over it.
     fn conf(&self, extra: Value) -> Value {
-        merge_conf(
-            json!({
-                "cniVersion": "1.1.0",
-                "name": NET,
-                "type": "podnet",
-                "bridge": BRIDGE,
-                "isGateway": true,
-                "isDefaultGateway": true,
-                "ipMasq": true,
-                "stateDir": self.data.path().join("state"),
-                "ipam": {"type": "host-local", "dataDir": self.data.path().join("ipam"), "nodeFacts": self.facts_path()}
-            }),
-            extra,
-        )
+        merge_conf(podnet_tests::cluster::facts_conf(NET, BRIDGE, self.data.path(), &self.facts_path()), extra)
     }
 
     fn add(&self, id: &str, pod: &Ns, conf: &Value) -> Value {
@@ -88,7 +75,7 @@ impl Node {
     }
 
     fn assert_nothing_left(&self) {
-        assert_nothing_left(&self.ns, NET, &self.data.path().join("ipam"), &self.data.path().join("state"));
+        assert_nothing_left(&self.ns, NET, &self.data.path().join("ipam"), &self.data.path().join("cni-state"));
     }
 
     /// A fake ClusterIP: `CLUSTER_IP:80` DNATed to `backend:8080` in the node's prerouting, as
