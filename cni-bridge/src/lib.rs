@@ -2,6 +2,7 @@
 //! all over netlink (rtnetlink for links, addresses, routes, neighbours; nf_tables for rules).
 
 pub mod args;
+pub mod atomic_file;
 pub mod config;
 pub mod error;
 pub mod ipam;

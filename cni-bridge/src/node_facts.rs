@@ -11,11 +11,9 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -185,38 +183,10 @@ impl NodeFacts {
     /// refused (`InvalidInput`) and nothing is written.
     pub fn write_atomic(&self, path: &Path) -> io::Result<()> {
         self.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let name = path
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no file", path.display())))?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let tmp = dir.join(format!(
-            ".{}.{}-{}-{nanos}.tmp",
-            name.to_string_lossy(),
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
-        let written = (|| {
-            // The umask may have narrowed the mode: readers run as other users.
-            f.set_permissions(fs::Permissions::from_mode(0o644))?;
-            let mut bytes = serde_json::to_vec_pretty(self)?;
-            bytes.push(b'\n');
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        fs::File::open(dir)?.sync_all()
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        // Readers (the CNI plugin) may run as other users.
+        crate::atomic_file::write(path, &bytes, 0o644, 0o755)
     }
 }
 
@@ -224,6 +194,8 @@ impl NodeFacts {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     struct TmpDir(PathBuf);
 

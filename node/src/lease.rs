@@ -137,39 +137,11 @@ impl LocalLease {
     }
 }
 
-/// Writes `path` whole or not at all: a unique temporary file in the same directory, fsync,
-/// rename, fsync of the directory. The directory is created (0700) if missing.
+/// Writes `path` whole or not at all (cni-bridge's [`cni_bridge::atomic_file::write`]); the
+/// directory is created 0700 if missing.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = path.parent().ok_or_else(|| Error::Other(format!("{} has no directory", path.display())))?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::Other(format!("{} names no file", path.display())))?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = res {
-        // The temporary file is not left behind silently: its removal's failure is said too.
-        let what = match std::fs::remove_file(&tmp) {
-            Ok(()) => format!("write {}", path.display()),
-            Err(r) if r.kind() == std::io::ErrorKind::NotFound => format!("write {}", path.display()),
-            Err(r) => format!("write {} (and remove {}: {r})", path.display(), tmp.display()),
-        };
-        return Err(Error::io(what, e));
-    }
-    Ok(())
+    cni_bridge::atomic_file::write(path, bytes, mode, 0o700)
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))
 }
 
 #[cfg(test)]
