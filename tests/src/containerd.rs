@@ -561,9 +561,7 @@ impl Containerd {
 
     /// The last `lines` lines of [`Containerd::log`].
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::last_lines(&self.log(), lines)
     }
 
     /// Deletes every task (SIGKILL), container and image in every containerd namespace;

@@ -38,6 +38,12 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
 }
 
+/// The last `n` lines of `text` (a log's tail for a failure message).
+pub fn last_lines(text: &str, n: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(n)..].join("\n")
+}
+
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -766,9 +766,7 @@ impl NodeCri {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::last_lines(&self.log(), lines)
     }
 
     /// The CNI dirs, both conflists, the podnet config and containerd's config.

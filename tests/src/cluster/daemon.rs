@@ -139,9 +139,7 @@ impl Daemon {
 
     /// The last `lines` lines of the log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::last_lines(&self.log(), lines)
     }
 
     /// Copies the log to `<dir>.log` when `keep`; removes the directory. Returns where the log
